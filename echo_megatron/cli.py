@@ -1,0 +1,64 @@
+"""One entry point: ``echo-megatron <command> ...``.
+
+Each command lives in ``echo_megatron/commands/<name>.py`` and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so that
+``echo-megatron config`` does not pay for importing torch and megatron-core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from echo_megatron.config import ConfigError
+
+# command name -> (module under echo_megatron.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("config", "print the resolved config of a recipe"),
+    "params": ("params", "count a preset's parameters on the meta device"),
+    "testbed": ("testbed", "generate the controlled three-format arithmetic testbed"),
+    "tokenizer": ("tokenizer", "train or inspect a tokenizer"),
+    "preprocess": ("preprocess", "tokenize a recipe's sources into megatron indexed datasets"),
+    "mixture": ("mixture", "print the per-source table of a recipe's mixture"),
+    "pretrain": ("pretrain", "pretrain a GPT model (single process, torchrun or srun)"),
+    "generate": ("generate", "sample from a checkpoint"),
+    "score": ("score", "score completions (format, answer, reward) from a JSONL file"),
+    "rl": ("rl", "RL post-training: PPO, GRPO, REINFORCE++, Expert Iteration"),
+    "eval": ("eval", "pass@1 / pass@k / maj@k per task and per output format"),
+    "report": ("report", "HTML report and plots from run directories"),
+    "export-hf": ("export_hf", "export a checkpoint to a HuggingFace transformers model"),
+    "demo": ("demo", "the whole study on the embedded testbed, on CPU, in minutes"),
+    "submit": ("submit", "render and submit sbatch jobs for a recipe, pipeline or sweep"),
+    "status": ("status", "show where each stage of a run directory is"),
+    "plan": ("plan", "memory and time plan for a recipe on N nodes x G GPUs"),
+    "sweep": ("sweep", "expand a grid into runs; --dry-run lists them with their cost"),
+}
+
+
+def _load(module: str):
+    return importlib.import_module(f"echo_megatron.commands.{module}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="echo-megatron", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    mod = _load(COMMANDS[args.command][0])
+    try:
+        rc = mod.run(args)
+    except ConfigError as e:
+        print(f"echo-megatron {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Load a recipe: schema <- base recipes <- model preset <- recipe <- ``key=value`` overrides.
+
+Every layer is merged into the structured schema, so an unknown key or a wrong type fails at once
+with a :class:`ConfigError` naming the key and where it came from (file or command line).
+A recipe may name ``base: other.yaml`` (relative to itself) to inherit from another recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from echo_megatron.config.schema import ExperimentConfig
+
+
+class ConfigError(ValueError):
+    """A bad recipe or override; the CLI turns it into exit status 2."""
+
+
+def _read_yaml(path: str) -> DictConfig:
+    if not os.path.isfile(path):
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+    return cfg
+
+
+def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """[(file, cfg)] from the root base to ``path``; ``base:`` keys are removed."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: recipe inheritance cycle")
+    cfg = _read_yaml(path)
+    base = cfg.pop("base", None)
+    chain: list[tuple[str, DictConfig]] = []
+    if base:
+        chain = _recipe_chain(os.path.join(os.path.dirname(path), str(base)), seen + (path,))
+    return chain + [(path, cfg)]
+
+
+def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: bad key '{key}': {msg}" if key else f"{where}: {msg}") from e
+
+
+def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) -> tuple[str, dict]:
+    from echo_megatron.model.presets import PRESETS
+
+    name = OmegaConf.select(overrides, "model.preset", default=None)
+    for _, cfg in chain:
+        name = OmegaConf.select(cfg, "model.preset", default=None) if name is None else name
+    if name is None:
+        return "", {}
+    if name not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return name, {"model": PRESETS[name]}
+
+
+def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The resolved, validated config (a structured DictConfig typed as :class:`ExperimentConfig`)."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    chain = _recipe_chain(recipe) if recipe else []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"command line: {e}") from e
+    preset_name, preset = _preset_layer(chain, dotlist)
+    if preset:
+        cfg = _merge(cfg, preset, f"preset {preset_name}")
+    for path, layer in chain:
+        cfg = _merge(cfg, layer, path)
+    cfg = _merge(cfg, dotlist, "command line")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve interpolation: {e}") from e
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,86 @@
+"""Rollout, rewards, RL, evaluation and cluster sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class RolloutConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 8  # samples per prompt
+    batch_size: int = 64  # sequences decoded together
+    stop: List[str] = field(default_factory=list)
+    seed: int = 0
+    backend: str = "megatron"  # the KV-cache sampler over the megatron model
+
+
+@dataclass
+class RewardConfig:
+    task: str = "gsm8k"  # gsm8k | math | testbed
+    sandbox_workers: int = 2
+    timeout_s: float = 3.0
+    memory_mb: int = 1024
+    last_number_fallback: bool = True
+    correct_reward: float = 1.0
+    wrong_reward: float = 0.0
+
+
+@dataclass
+class RLConfig:
+    algorithm: str = "grpo"  # ppo | grpo | reinforce_pp | ei
+    prompts: str = "gsm8k"  # a task name or a JSONL path with question/answer
+    prompts_per_step: int = 64
+    steps: int = 100
+    epochs: int = 10  # passes over the prompt set (caps steps)
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    actor_lr: float = 1e-6
+    critic_lr: float = 7e-6
+    clip_eps: float = 0.2  # model.ppo.ratio_eps in NeMo-Aligner
+    value_clip: float = 0.2
+    kl_coef: float = 0.0  # trainer.ppo.initial_policy_kl_penalty
+    kl_estimator: str = "auto"  # auto (k1 reward penalty for PPO, k3 loss for GRPO) | k1 | k2 | k3
+    gamma: float = 1.0  # discount_factor
+    gae_lambda: float = 0.95
+    normalize_advantages: bool = True
+    entropy_bonus: float = 0.0
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
+    adv_eps: float = 1e-6
+    sample_interval: int = 10  # write generations every N steps
+    # Expert Iteration
+    ei_rounds: int = 3
+    ei_samples: int = 64
+    ei_temperature: float = 1.0
+    ei_top_p: float = 0.95
+    ei_sft_epochs: int = 2
+    ei_sft_lr: float = 1e-4
+    ei_sft_batch: int = 256
+    ei_from_base: bool = True
+    base: Optional[str] = None  # pretrained base checkpoint
+
+
+@dataclass
+class EvalConfig:
+    tasks: List[str] = field(default_factory=lambda: ["gsm8k"])
+    n: int = 1  # samples per problem for pass@k / maj@k
+    ks: List[int] = field(default_factory=lambda: [1])
+    temperature: float = 0.0
+    max_problems: Optional[int] = None
+    max_new_tokens: int = 512
+
+
+@dataclass
+class ClusterConfig:
+    nodes: int = 1
+    gpus_per_node: int = 8
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: str = "04:00:00"
+    container: Optional[str] = None
+    container_mounts: Optional[str] = None
+    mfu: float = 0.4  # assumed model FLOPs utilisation for plans

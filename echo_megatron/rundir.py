@@ -1,0 +1,87 @@
+"""The one run-directory layout that every command reads and writes.
+
+RUN_DIR/
+  config.yaml                              the resolved config, as run
+  metrics.jsonl                            one JSON object per logged step: {"step", "phase", ...named values}
+  checkpoints/iter_NNNNNNN/ + latest        dist_checkpointing layout; ``latest`` written last
+  samples/step_NNNNNNN.jsonl               generations with format, answer, reward
+  eval/<task>.json + eval/<task>.generations.jsonl
+  tb/                                      TensorBoard events
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: str
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, "config.yaml")
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.root, "metrics.jsonl")
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.root, "checkpoints")
+
+    @property
+    def samples(self) -> str:
+        return os.path.join(self.root, "samples")
+
+    @property
+    def eval(self) -> str:
+        return os.path.join(self.root, "eval")
+
+    @property
+    def tb(self) -> str:
+        return os.path.join(self.root, "tb")
+
+    def samples_file(self, step: int) -> str:
+        return os.path.join(self.samples, f"step_{step:07d}.jsonl")
+
+    def eval_file(self, task: str) -> str:
+        return os.path.join(self.eval, f"{task}.json")
+
+    def eval_generations(self, task: str) -> str:
+        return os.path.join(self.eval, f"{task}.generations.jsonl")
+
+    def make(self) -> RunDir:
+        for d in (self.root, self.checkpoints, self.samples, self.eval):
+            os.makedirs(d, exist_ok=True)
+        return self
+
+
+def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a killed writer) is skipped, any other bad line raises."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) and not line.endswith("\n"):
+                return
+            raise ValueError(f"{path}:{i}: malformed JSON line: {e}") from e
+
+
+def read_metrics(run_dir: str, phase: str | None = None) -> list[dict[str, Any]]:
+    path = RunDir(run_dir).metrics
+    if not os.path.exists(path):
+        return []
+    rows = [r for r in read_jsonl(path) if phase is None or r.get("phase") == phase]
+    # A resumed run re-logs steps after its last checkpoint: keep the last row of each (phase, step).
+    last: dict[tuple, dict] = {}
+    for r in rows:
+        last[(r.get("phase"), r.get("step"))] = r
+    return sorted(last.values(), key=lambda r: (str(r.get("phase")), r.get("step", 0)))
