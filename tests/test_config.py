@@ -23,8 +23,11 @@ def test_preset_then_recipe_then_override(tmp_path):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("model.hidden_sise=64", "model.hidden_sise"), ("train.steps=abc", "train.steps"),
-     ("parallel.tp=1.5", "parallel.tp")],
+    [
+        ("model.hidden_sise=64", "model.hidden_sise"),
+        ("train.steps=abc", "train.steps"),
+        ("parallel.tp=1.5", "parallel.tp"),
+    ],
 )
 def test_bad_override_names_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -47,7 +50,10 @@ def test_unknown_preset():
 def test_cli_exit_status_2(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("train: {steps: 1}\n")
-    r = subprocess.run([sys.executable, "-m", "echo_megatron", "config", str(p), "model.hidden_sise=64"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "echo_megatron", "config", str(p), "model.hidden_sise=64"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "model.hidden_sise" in r.stderr

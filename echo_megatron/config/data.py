@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Optional
 
 
 @dataclass
@@ -34,10 +34,10 @@ class BlendItem:
 
 @dataclass
 class DataConfig:
-    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     indexed_dir: str = "data/indexed"  # where preprocess writes <source>.bin/.idx + manifest
-    blend: List[BlendItem] = field(default_factory=list)  # explicit prefixes; else built from sources
+    blend: list[BlendItem] = field(default_factory=list)  # explicit prefixes; else built from sources
     split: str = "98,2,0"
     seed: int = 1234
     num_workers: int = 2
@@ -58,6 +58,4 @@ class TestbedConfig:
     min_operand: int = 2
     max_operand: int = 30
     max_answer: int = 999
-    formats: Dict[str, float] = field(
-        default_factory=lambda: {"code": 0.2, "code_interp": 0.3, "nl": 0.5}
-    )
+    formats: dict[str, float] = field(default_factory=lambda: {"code": 0.2, "code_interp": 0.3, "nl": 0.5})

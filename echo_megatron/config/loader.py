@@ -8,7 +8,8 @@ A recipe may name ``base: other.yaml`` (relative to itself) to inherit from anot
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 
 @dataclass
@@ -14,7 +14,7 @@ class RolloutConfig:
     top_k: int = 0
     n: int = 8  # samples per prompt
     batch_size: int = 64  # sequences decoded together
-    stop: List[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
     seed: int = 0
     backend: str = "megatron"  # the KV-cache sampler over the megatron model
 
@@ -66,9 +66,9 @@ class RLConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: List[str] = field(default_factory=lambda: ["gsm8k"])
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
     n: int = 1  # samples per problem for pass@k / maj@k
-    ks: List[int] = field(default_factory=lambda: [1])
+    ks: list[int] = field(default_factory=lambda: [1])
     temperature: float = 0.0
     max_problems: Optional[int] = None
     max_new_tokens: int = 512
