@@ -66,12 +66,24 @@ class RLConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
-    n: int = 1  # samples per problem for pass@k / maj@k
-    ks: list[int] = field(default_factory=lambda: [1])
-    temperature: float = 0.0
-    max_problems: Optional[int] = None
+    """``echo-megatron eval``: tasks from ``echo_megatron.eval.tasks``; estimators from ``eval.estimators``.
+
+    pass@1 is greedy when ``greedy`` is set; pass@k and maj@k use ``n`` samples per problem at
+    ``temperature`` (ks larger than n are skipped).
+    """
+
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | amc23 | testbed
+    paths: dict[str, str] = field(default_factory=dict)  # task -> local file overriding the shipped / hub one
+    max_problems: Optional[int] = None  # the first N problems of each task
+    greedy: bool = True  # a greedy pass for pass@1 (and the per-format table of greedy answers)
+    n: int = 1  # samples per problem for pass@k / maj@k; 1 = greedy only
+    ks: list[int] = field(default_factory=lambda: [1, 8, 64])
+    temperature: float = 0.7  # for the n samples
+    top_p: float = 1.0
+    maj_expected: bool = False  # maj@k as the exact expectation over k-subsets of the n (else the first k)
     max_new_tokens: int = 512
+    batch_size: int = 64  # sequences decoded together
+    seed: int = 0
 
 
 @dataclass
