@@ -88,11 +88,29 @@ class EvalConfig:
 
 @dataclass
 class ClusterConfig:
+    """Slurm jobs (``echo-megatron submit``) and capacity plans (``echo-megatron plan``); see docs/cluster.md."""
+
     nodes: int = 1
-    gpus_per_node: int = 8
+    gpus_per_node: int = 8  # ranks per node (GPUs; on a CPU-only cluster: processes)
+    gpus: Optional[bool] = None  # request --gpus-per-node; None = unless parallel.device is cpu
     partition: Optional[str] = None
     account: Optional[str] = None
     time: str = "04:00:00"
-    container: Optional[str] = None
-    container_mounts: Optional[str] = None
+    launcher: str = "torchrun"  # torchrun (one srun task per node, c10d rendezvous) | srun (one task per rank)
+    container: Optional[str] = None  # pyxis/enroot image (nvcr.io#nvidia/pytorch:..., a .sqsh) or an Apptainer .sif
+    container_runtime: str = "auto"  # auto (.sif = apptainer, else pyxis) | pyxis | apptainer
+    container_mounts: Optional[str] = None  # SRC:DST[,SRC:DST...]; the submit directory is always mounted
+    cpus_per_task: Optional[int] = None  # CPUs per srun task (torchrun: the whole node's share)
+    mem: Optional[str] = None  # --mem ("0" = all of the node's memory)
+    exclusive: bool = True  # --exclusive nodes
+    signal_lead_s: int = 120  # --signal=B:USR1@N: save a checkpoint and requeue N seconds before the time limit
+    requeue: bool = True  # requeue after a USR1 save (time limit / preemption warning)
+    max_requeues: int = 50  # stop requeueing after this many restarts (SLURM_RESTART_COUNT)
+    master_port: int = 29500  # the job's rendezvous port is master_port + SLURM_JOB_ID % 10000
+    python: str = "python"  # interpreter on the compute nodes (inside the container if any)
+    setup: list[str] = field(default_factory=list)  # shell lines run before the launch (module load, venv)
+    env: dict[str, str] = field(default_factory=dict)  # environment for the job, over the NCCL defaults
+    sbatch_args: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. ["--qos=high"]
     mfu: float = 0.4  # assumed model FLOPs utilisation for plans
+    peak_tflops: float = 989.0  # per-GPU dense bf16 peak for plans (H100 SXM)
+    gpu_memory_gb: float = 80.0  # per-GPU memory for the plan's fits verdict
