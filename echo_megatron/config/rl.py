@@ -32,31 +32,59 @@ class RewardConfig:
 
 @dataclass
 class RLConfig:
+    """RL post-training (``rl:`` section). Names follow NeMo-Aligner 0.7.0 where it has the knob.
+
+    Mapping to NeMo-Aligner 0.7.0 (examples/nlp/gpt/conf/gpt_ppo_actor.yaml, gpt_ppo_critic.yaml,
+    gpt_reinforce_actor.yaml at tag v0.7.0; defaults there in brackets):
+        num_rollout_samples        model.ppo.num_rollout_samples / model.reinforce.num_rollout_samples [512]:
+                                   prompts drawn per step (the rollout dataloader's global batch)
+        rollout.n (RolloutConfig)  trainer.reinforce.num_rollouts_per_prompt [4]; NeMo's PPO draws 1 per prompt
+        initial_policy_kl_penalty  trainer.ppo.initial_policy_kl_penalty / trainer.reinforce.* [0.01]
+        kl_estimator = abs         trainer.ppo.use_absolute_kl: True [True]; kl_estimator = k1 is use_absolute_kl:
+                                   False (the paper's setting); k2 / k3 and the GRPO KL loss are not in NeMo-Aligner
+        discount_factor            trainer.ppo.discount_factor [1.0]
+        gae_lambda                 trainer.ppo.gae_lambda [0.95]
+        normalize_advantages       trainer.ppo.normalize_advantages [True] (batch whitening of PPO advantages)
+        ratio_eps                  model.ppo.ratio_eps [0.2] (PPO clip)
+        entropy_bonus              model.ppo.entropy_bonus [0.0]
+        loss_clip_val              critic model.loss_clip_val [0.2] (value clipping; <= 0 disables)
+        actor_lr / critic_lr       actor / critic model.optim.lr [9e-7 / 9e-6]
+        micro_batch_size           model.micro_batch_size
+        steps / epochs             trainer.ppo.max_steps / trainer.ppo.max_epochs
+    Not in NeMo-Aligner: algorithm grpo (NeMo-RL; Shao et al. 2024) and its ``grpo_scale_by_std`` (NeMo-RL's
+    grpo.normalize_rewards; False = Dr. GRPO), reinforce_pp (Hu 2025), ei, ``ppo_epochs`` (NeMo makes one pass
+    over each rollout), ``loss_agg`` (NeMo: token_mean) and ``adv_eps``. The math is in echo_megatron/rl/functional.py.
+    """
+
     algorithm: str = "grpo"  # ppo | grpo | reinforce_pp | ei
     prompts: str = "gsm8k"  # a task name or a JSONL path with question/answer
-    prompts_per_step: int = 64
+    num_rollout_samples: int = 64  # prompts per step (samples per prompt: rollout.n)
     steps: int = 100
     epochs: int = 10  # passes over the prompt set (caps steps)
-    ppo_epochs: int = 1
+    ppo_epochs: int = 1  # optimisation passes over each rollout batch
     micro_batch_size: int = 8
     actor_lr: float = 1e-6
     critic_lr: float = 7e-6
-    clip_eps: float = 0.2  # model.ppo.ratio_eps in NeMo-Aligner
-    value_clip: float = 0.2
-    kl_coef: float = 0.0  # trainer.ppo.initial_policy_kl_penalty
-    kl_estimator: str = "auto"  # auto (k1 reward penalty for PPO, k3 loss for GRPO) | k1 | k2 | k3
-    gamma: float = 1.0  # discount_factor
+    ratio_eps: float = 0.2  # PPO clip epsilon
+    loss_clip_val: float = 0.2  # critic value clip
+    initial_policy_kl_penalty: float = 0.0  # KL coefficient beta
+    # auto (k1 reward penalty for ppo / reinforce_pp, k3 loss for grpo) | k1 | abs | k2 | k3
+    kl_estimator: str = "auto"
+    discount_factor: float = 1.0  # gamma
     gae_lambda: float = 0.95
-    normalize_advantages: bool = True
+    normalize_advantages: bool = True  # PPO: whiten advantages over the batch
+    grpo_scale_by_std: bool = True  # GRPO: divide by the group std (False = Dr. GRPO)
     entropy_bonus: float = 0.0
-    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
-    adv_eps: float = 1e-6
+    # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm (rl/functional.py)
+    loss_agg: str = "token_mean"
+    adv_eps: float = 1e-6  # GRPO std epsilon
     sample_interval: int = 10  # write generations every N steps
     # Expert Iteration
     ei_rounds: int = 3
     ei_samples: int = 64
     ei_temperature: float = 1.0
     ei_top_p: float = 0.95
+    ei_max_per_question: Optional[int] = None  # cap on unique correct solutions kept per question
     ei_sft_epochs: int = 2
     ei_sft_lr: float = 1e-4
     ei_sft_batch: int = 256
