@@ -69,8 +69,10 @@ def test_testbed_from_path_and_missing(tmp_path, monkeypatch):
     (p,) = load_task("testbed", path=str(f))
     assert (p.id, p.answer, p.solution) == ("0", "7", "3+4=7")
     os.makedirs("data/testbed")
-    (tmp_path / "data/testbed/test.jsonl").write_text(f.read_text())
-    assert load_task("testbed")[0].answer == "7"  # the default path, relative to the working directory
+    test_row = {"id": "tbtest-0000", "question": "q", "answer": 7, "solutions": {"code": "c", "nl": "n"}}
+    (tmp_path / "data/testbed/test.jsonl").write_text(json.dumps(test_row) + "\n")
+    (p,) = load_task("testbed")  # the default path, relative to the working directory
+    assert (p.id, p.answer, p.solutions, p.solution) == ("tbtest-0000", "7", {"code": "c", "nl": "n"}, "c")
 
 
 def test_bad_inputs_name_file_row_field(tmp_path):

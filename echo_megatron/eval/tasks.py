@@ -38,6 +38,7 @@ class Problem:
     question: str
     answer: str  # the gold final answer as a string ("18", "\\frac{14}{3}", "204")
     solution: str | None = None  # the reference worked solution, where the set has one
+    solutions: dict[str, str] | None = None  # format -> reference solution (the testbed renders all three)
 
     @property
     def prompt(self) -> str:
@@ -67,6 +68,7 @@ class TaskSpec:
     question_fields: tuple[str, ...]  # the first one present in a row is used
     answer_field: str
     solution_field: str | None = None
+    solutions_field: str | None = None  # a {format: solution} mapping (testbed test rows)
     id_field: str | None = None  # None: the row index
     gold: Callable[[Any], str] = plain_gold
     shared_file: str | None = None  # relative to the shared data directory
@@ -157,6 +159,7 @@ TASKS: dict[str, TaskSpec] = {
             question_fields=("question",),
             answer_field="answer",
             solution_field="solution",
+            solutions_field="solutions",
             id_field="id",
             default_path="data/testbed/test.jsonl",
         ),
@@ -255,13 +258,22 @@ def _row_to_problem(spec: TaskSpec, row: dict, index: int, where: str) -> Proble
         answer = spec.gold(raw)
     except ValueError as e:
         raise TaskError(f"task {spec.name}: {where} row {index}: field '{spec.answer_field}': {e}") from e
+    solutions = row.get(spec.solutions_field) if spec.solutions_field else None
+    if solutions is not None and not isinstance(solutions, dict):
+        raise TaskError(
+            f"task {spec.name}: {where} row {index}: field '{spec.solutions_field}' must map format -> text"
+        )
+    solutions = {str(k): str(v) for k, v in solutions.items() if v is not None} if solutions else None
     solution = row.get(spec.solution_field) if spec.solution_field else None
+    if solution is None and solutions:
+        solution = next(iter(solutions.values()))
     rid = row.get(spec.id_field) if spec.id_field else None
     return Problem(
         id=str(rid) if rid is not None else str(index),
         question=str(row[qfield]),
         answer=answer,
         solution=str(solution) if solution is not None else None,
+        solutions=solutions,
     )
 
 
