@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from echo_megatron.config import ConfigError
 
@@ -41,6 +42,8 @@ def _load(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import about optional GPU packages (Apex, TransformerEngine): noise on CPU.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="echo-megatron", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

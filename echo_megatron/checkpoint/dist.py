@@ -1,0 +1,206 @@
+"""Save and load training state with megatron ``dist_checkpointing`` (torch_dist format).
+
+Layout: ``ROOT/iter_NNNNNNN/`` (one dist_checkpointing directory) and ``ROOT/latest`` (the name of the
+newest complete one). A checkpoint is written to ``iter_NNNNNNN.tmp`` and renamed when every rank has
+finished; ``latest`` is replaced atomically last. A process killed mid-save therefore leaves the previous
+checkpoint as ``latest``. Model and optimizer are sharded tensors, so a checkpoint saved at one TP/PP/DP
+layout loads at another. Scheduler, iteration, consumed samples and the caller's ``state`` are common
+(rank-0) state; RNG states are per-rank objects, restored only when the layout is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+LATEST = "latest"
+
+
+def _layout() -> list[int]:
+    from megatron.core import parallel_state as ps
+
+    return [
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+    ]
+
+
+def _rank_coords() -> tuple[int, int, int]:
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.get_pipeline_model_parallel_rank(),
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_data_parallel_rank(),
+    )
+
+
+def _unwrap(m):
+    """The GPTModel inside megatron's DDP wrapper: checkpoints hold the model's own keys."""
+    return m.module if hasattr(m, "module") else m
+
+
+def _model_sharded(model: list, prefix: str = "model") -> dict:
+    if len(model) == 1:
+        return {prefix: _unwrap(model[0]).sharded_state_dict()}
+    return {f"{prefix}{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model)}
+
+
+def _rng_state() -> dict:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    return {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(s["random"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+    get_cuda_rng_tracker().set_states(s["tracker"])
+
+
+def _rng_sharded(data: dict | None):
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    tp, pp, dp = _layout()
+    pp_rank, tp_rank, dp_rank = _rank_coords()
+    return ShardedObject("rng_state", data, (pp, tp, dp), (pp_rank, tp_rank, dp_rank), replica_id=0)
+
+
+def _sharded_state(model: list, optimizer, is_loading: bool, with_rng: bool) -> dict:
+    sd = _model_sharded(model)
+    if optimizer is not None:
+        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading)
+    if with_rng:
+        sd["rng"] = _rng_sharded(None if is_loading else _rng_state())
+    return sd
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    model: list,
+    optimizer=None,
+    scheduler=None,
+    state: dict | None = None,
+    keep_last: int = 2,
+) -> str:
+    """Write ``ROOT/iter_{iteration}`` atomically and point ``ROOT/latest`` at it; returns its path."""
+    from megatron.core import dist_checkpointing
+
+    rank = dist.get_rank()
+    final = os.path.join(root, f"iter_{iteration:07d}")
+    tmp = final + ".tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    sd = _sharded_state(model, optimizer, is_loading=False, with_rng=True)
+    sd["common"] = {
+        "iteration": iteration,
+        "layout": _layout(),
+        "state": dict(state or {}),
+        "has_optimizer": optimizer is not None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    dist_checkpointing.save(sd, tmp)
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_latest(root, os.path.basename(final))
+        _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _write_latest(root: str, name: str) -> None:
+    tmp = os.path.join(root, LATEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, LATEST))
+
+
+def _prune(root: str, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    iters = sorted(d for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
+    for d in iters[:-keep_last]:
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The newest complete checkpoint under ``root`` (via ``latest``), or None."""
+    marker = os.path.join(root, LATEST)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        path = os.path.join(root, f.read().strip())
+    return path if os.path.isdir(path) else None
+
+
+def find_checkpoint(path: str) -> str:
+    """``path`` itself if it is a checkpoint dir, else its ``latest``; a clear error otherwise."""
+    if os.path.isfile(os.path.join(path, "metadata.json")):
+        return path
+    for root in (path, os.path.join(path, "checkpoints")):
+        found = latest_checkpoint(root)
+        if found:
+            return found
+    raise FileNotFoundError(
+        f"no checkpoint at {path} (expected an iter_NNNNNNN dir, a checkpoints dir with "
+        f"'latest', or a run dir)"
+    )
+
+
+def read_common_state(path: str) -> dict:
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_common_state_dict(path)["common"]
+
+
+def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
+    """Load into ``model`` (and optimizer / scheduler / RNG when given); returns the common state.
+
+    Keys the checkpoint has but the caller does not ask for (e.g. optimizer state when loading weights
+    only) are fine; a tensor the caller needs that the checkpoint lacks is an error.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    common = read_common_state(path)
+    if not common.get("has_optimizer", True):
+        optimizer = None  # a weights-only checkpoint (e.g. the initial weights of train.steps=0)
+    same_layout = common["layout"] == _layout()
+    sd = _sharded_state(model, optimizer, is_loading=True, with_rng=load_rng and same_layout)
+    loaded = dist_checkpointing.load(sd, path, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
+    if len(model) == 1:
+        _unwrap(model[0]).load_state_dict(loaded["model"])
+    else:
+        for i, m in enumerate(model):
+            _unwrap(m).load_state_dict(loaded[f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and common.get("scheduler") is not None:
+        scheduler.load_state_dict(common["scheduler"])
+    if load_rng and same_layout and loaded.get("rng") is not None:
+        _set_rng_state(loaded["rng"])
+    return common

@@ -1,0 +1,27 @@
+"""``echo-megatron pretrain RECIPE [k=v ...]``: pretrain (single process, torchrun or srun)."""
+
+from __future__ import annotations
+
+import argparse
+
+from echo_megatron.commands._common import add_recipe_arguments, load_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from echo_megatron.distributed.init import destroy
+    from echo_megatron.training.loop import pretrain
+
+    cfg = load_from_args(args)
+    try:
+        out = pretrain(cfg)
+    finally:
+        destroy()
+    if out and out.get("rank", 0) == 0:
+        print(
+            f"[echo-megatron] done: step {int(out['step'])} loss {out.get('loss', float('nan')):.4f}  run dir {cfg.run_dir}"
+        )
+    return 0

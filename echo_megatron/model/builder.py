@@ -1,0 +1,206 @@
+"""Config -> megatron-core ``GPTModel``: TransformerConfig, layer spec (local or TransformerEngine), model.
+
+Parallelism is applied to the model afterwards (training/setup.py wraps it in megatron DDP); this
+module only builds the module for the calling rank's pipeline stage.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+PRECISIONS = ("fp32", "bf16", "fp8")
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Megatron's vocab padding: round up to a multiple of ``divisible_by * tp``."""
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def truncated_normal_init(std: float):
+    """N(0, std) truncated at +-3 std (the paper's / OLMo's init)."""
+
+    def init_(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.init.trunc_normal_(t, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    return init_
+
+
+def resolve_transformer_impl(cfg: DictConfig) -> str:
+    """``local`` | ``transformer_engine``; ``auto`` = TE when importable and CUDA is present."""
+    impl = cfg.model.transformer_impl
+    te_ok = _te_available()
+    if impl == "auto":
+        return "transformer_engine" if te_ok and torch.cuda.is_available() else "local"
+    if impl == "transformer_engine" and not (te_ok and torch.cuda.is_available()):
+        raise RuntimeError(
+            "model.transformer_impl=transformer_engine needs TransformerEngine and a CUDA GPU "
+            f"(TransformerEngine importable: {te_ok}; CUDA available: {torch.cuda.is_available()}). "
+            "Use model.transformer_impl=local on CPU."
+        )
+    if impl not in ("local", "transformer_engine"):
+        raise ValueError(
+            f"model.transformer_impl: unknown value '{impl}' (local | transformer_engine | auto)"
+        )
+    return impl
+
+
+def _te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def check_precision(cfg: DictConfig, impl: str) -> None:
+    prec = cfg.train.precision
+    if prec not in PRECISIONS:
+        raise ValueError(f"train.precision: unknown value '{prec}' ({' | '.join(PRECISIONS)})")
+    if prec == "fp8" and impl != "transformer_engine":
+        raise RuntimeError(
+            "train.precision=fp8 needs model.transformer_impl=transformer_engine on a CUDA GPU "
+            "with TransformerEngine (FP8 is an H100/Hopper feature)"
+        )
+    if prec == "bf16" and not torch.cuda.is_available():
+        raise RuntimeError("train.precision=bf16 is for GPU runs; CPU runs use fp32")
+
+
+def transformer_config(cfg: DictConfig, vocab_size: int | None = None):
+    """The megatron ``TransformerConfig`` for ``cfg.model`` / ``cfg.parallel`` / ``cfg.train``."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    m, p = cfg.model, cfg.parallel
+    impl = resolve_transformer_impl(cfg)
+    check_precision(cfg, impl)
+    on_cpu = not torch.cuda.is_available() or cfg.parallel.device == "cpu"
+    bf16 = cfg.train.precision in ("bf16", "fp8")
+    init = truncated_normal_init(m.init_method_std)
+    kwargs = dict(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_hidden_size or 4 * m.hidden_size,
+        normalization="RMSNorm" if m.normalization == "RMSNorm" else "LayerNorm",
+        layernorm_epsilon=m.layernorm_epsilon,
+        add_bias_linear=m.add_bias_linear,
+        gated_linear_unit=m.activation == "swiglu",
+        activation_func=F.silu if m.activation == "swiglu" else F.gelu,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method=init,
+        output_layer_init_method=init,
+        init_method_std=m.init_method_std,
+        tensor_model_parallel_size=p.tp,
+        pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.vpp,
+        sequence_parallel=p.sequence_parallel and p.tp > 1,
+        use_cpu_initialization=True,  # TP-invariant init: the full matrix is drawn, then split
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        bf16=bf16,
+        calculate_per_token_loss=True,  # exact token-mean losses across DP / micro-batch layouts
+        masked_softmax_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        deallocate_pipeline_outputs=not on_cpu,
+    )
+    if m.recompute:
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    if cfg.train.precision == "fp8":
+        f = cfg.fp8
+        kwargs.update(
+            fp8=f.format,
+            fp8_recipe="delayed",
+            fp8_margin=f.margin,
+            fp8_amax_history_len=f.amax_history_len,
+            fp8_amax_compute_algo=f.amax_compute_algo,
+            first_last_layers_bf16=f.first_last_layers_bf16,
+            num_layers_at_start_in_bf16=f.num_layers_at_start_in_bf16,
+            num_layers_at_end_in_bf16=f.num_layers_at_end_in_bf16,
+        )
+    tc = TransformerConfig(**kwargs)
+    tc.echo_normalization = m.normalization  # read by model.norms.Norm
+    tc.echo_transformer_impl = impl
+    return tc
+
+
+def layer_spec(cfg: DictConfig, tc, vp_stage: int | None = None):
+    """Block spec for this rank's pipeline stage: local spec with our norms, or the TE spec."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    from echo_megatron.model.norms import Norm
+
+    if tc.echo_transformer_impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        spec = get_gpt_layer_with_transformer_engine_spec()
+        final_norm = TENorm
+    else:
+        spec = get_gpt_layer_local_spec()
+        spec.submodules.input_layernorm = Norm
+        spec.submodules.pre_mlp_layernorm = Norm
+        final_norm = Norm
+    n = get_num_layers_to_build(tc, vp_stage=vp_stage, pp_rank=ps.get_pipeline_model_parallel_rank())
+    return TransformerBlockSubmodules(layer_specs=[spec] * n, layer_norm=final_norm)
+
+
+def build_model(
+    cfg: DictConfig,
+    vocab_size: int,
+    vp_stage: int | None = None,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+):
+    """A megatron ``GPTModel`` for this rank's pipeline stage (unwrapped, on the CPU until moved)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    tc = transformer_config(cfg)
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    model = GPTModel(
+        config=tc,
+        transformer_layer_spec=layer_spec(cfg, tc, vp_stage),
+        vocab_size=padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp),
+        max_sequence_length=cfg.model.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
+        position_embedding_type=cfg.model.position_embedding_type,
+        rotary_base=cfg.model.rotary_base,
+        vp_stage=vp_stage,
+    )
+    if (
+        tc.echo_transformer_impl == "transformer_engine"
+        and cfg.model.normalization == "NonParametricLayerNorm"
+    ):
+        freeze_te_norm_params(model)
+    return model
+
+
+def freeze_te_norm_params(model: torch.nn.Module) -> None:
+    """TE fuses a parametric LayerNorm into its linears; gain 1 / bias 0, frozen == non-parametric LN."""
+    for name, p in model.named_parameters():
+        if name.endswith(("layer_norm_weight", "final_layernorm.weight")):
+            torch.nn.init.ones_(p.data)
+            p.requires_grad_(False)
+        elif name.endswith(("layer_norm_bias", "final_layernorm.bias")):
+            torch.nn.init.zeros_(p.data)
+            p.requires_grad_(False)

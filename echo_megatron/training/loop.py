@@ -1,0 +1,212 @@
+"""The pretraining loop: config -> (process groups, model, optimizer, data) -> steps -> checkpoints.
+
+Also the entry point for SFT (Expert Iteration reuses it with a prompt-masked dataset).
+Resume is exact: model, optimizer, scheduler, RNG and the data position (consumed samples) are restored
+from ``RUN_DIR/checkpoints/latest``, so a resumed run logs the same losses as an uninterrupted one.
+SIGTERM / SIGUSR1 (Slurm preemption) finish the current step, save and exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from echo_megatron.rundir import RunDir
+from echo_megatron.training.batches import GlobalBatchSampler
+from echo_megatron.training.metrics import MetricsLogger
+from echo_megatron.training.setup import build_train_state
+from echo_megatron.training.step import lm_loss, train_step
+
+
+class StopSignal:
+    """Records SIGTERM / SIGUSR1; the loop checks it (agreed over all ranks) after each step."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def any_rank(self, device: torch.device) -> bool:
+        t = torch.tensor([1.0 if self.received else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+def resolve_vocab(cfg: DictConfig) -> tuple[int, int]:
+    """(vocab size, EOD id): from the tokenizer when the recipe names one, else the model config."""
+    if cfg.data.tokenizer.path:
+        from echo_megatron.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(cfg.data.tokenizer)
+        cfg.model.vocab_size = tok.vocab_size
+        return tok.vocab_size, tok.eod
+    return cfg.model.vocab_size, cfg.model.vocab_size - 1
+
+
+def save_config(cfg: DictConfig, run_dir: str) -> None:
+    if dist.get_rank() == 0:
+        RunDir(run_dir).make()
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"))
+
+
+def _source_counts(train_ds, start: int, n: int) -> dict[str, float]:
+    """Samples per blended source in ``[start, start + n)`` (BlendedDataset.dataset_index)."""
+    index = getattr(train_ds, "dataset_index", None)
+    if index is None:
+        return {}
+    ids = np.asarray([index[(start + j) % len(index)] for j in range(n)])
+    names = [
+        os.path.basename(getattr(d, "dataset_path", None) or f"ds{i}")
+        for i, d in enumerate(train_ds.datasets)
+    ]
+    return {f"samples/{names[i]}": float((ids == i).sum()) for i in range(len(names))}
+
+
+def pretrain(cfg: DictConfig) -> dict[str, float]:
+    """Run (or resume) pretraining for ``cfg``; returns the last step's metrics."""
+    from megatron.core import parallel_state as ps
+
+    from echo_megatron.data.gpt_datasets import DatasetTokenizer, build_train_valid_datasets
+    from echo_megatron.distributed.init import initialize
+    from echo_megatron.training.flops import flops_per_token, peak_flops
+
+    env, device = initialize(cfg)
+    rank = dist.get_rank()
+    vocab, eod = resolve_vocab(cfg)
+    save_config(cfg, cfg.run_dir)
+    run = RunDir(cfg.run_dir)
+    state = build_train_state(cfg, vocab, device, total_steps=cfg.train.steps)
+    start_iter, consumed = 0, 0
+    ckpt = latest_checkpoint(run.checkpoints) if cfg.checkpoint.resume else None
+    if ckpt:
+        common = load_checkpoint(
+            ckpt, state.model, state.optimizer, state.scheduler, load_rng=cfg.checkpoint.load_rng
+        )
+        start_iter, consumed = common["iteration"], common["state"].get("consumed_samples", 0)
+        _say(rank, f"resumed from {ckpt} at step {start_iter}")
+    elif cfg.checkpoint.load:  # initialise weights (and optionally the optimizer) from another run
+        path = find_checkpoint(cfg.checkpoint.load)
+        load_checkpoint(
+            path, state.model, state.optimizer if cfg.checkpoint.load_optimizer else None, load_rng=False
+        )
+        _say(rank, f"initialised from {path}")
+
+    t = cfg.train
+    train_ds, _ = build_train_valid_datasets(cfg, DatasetTokenizer(vocab, eod), t.steps * t.global_batch_size)
+    sampler = GlobalBatchSampler(
+        train_ds,
+        t.global_batch_size,
+        t.micro_batch_size,
+        ps.get_data_parallel_rank(),
+        ps.get_data_parallel_world_size(),
+        consumed,
+    )
+    logger = MetricsLogger(cfg, cfg.run_dir, rank)
+    n_params = _global_param_count(state.model)
+    fpt = flops_per_token(cfg, n_params)
+    peak = peak_flops(device) * dist.get_world_size() if cfg.logging.log_interval else 0.0
+    stop = StopSignal()
+    bar = _progress(cfg, rank, start_iter)
+    out: dict[str, float] = {}
+    last_saved = start_iter if ckpt else -1
+    step = start_iter
+    if t.steps == 0:  # train.steps=0 writes the initial weights (a shared starting point for comparisons)
+        save_checkpoint(
+            run.checkpoints, 0, state.model, None, None, {"consumed_samples": 0}, cfg.checkpoint.keep_last
+        )
+    for step in range(start_iter + 1, t.steps + 1):
+        first_sample = sampler.consumed_samples
+        microbatches = sampler.next_microbatches()
+        t0 = time.perf_counter()
+        out = train_step(
+            state.model, state.optimizer, state.scheduler, microbatches, lm_loss, cfg.model.seq_length
+        )
+        dt = time.perf_counter() - t0
+        if not np.isfinite(out["loss"]):
+            save_checkpoint(
+                run.checkpoints,
+                step - 1,
+                state.model,
+                state.optimizer,
+                state.scheduler,
+                {"consumed_samples": first_sample},
+                cfg.checkpoint.keep_last,
+            ) if last_saved != step - 1 else None
+            raise FloatingPointError(
+                f"step {step}: loss is {out['loss']} (stopped; the last good state is saved)"
+            )
+        tokens = t.global_batch_size * cfg.model.seq_length
+        out.update(tokens_per_s=tokens / dt, step_time=dt, consumed_samples=float(sampler.consumed_samples))
+        out["mfu"] = fpt * tokens / dt / peak if peak else float("nan")
+        if rank == 0:
+            out.update(_source_counts(train_ds, first_sample, t.global_batch_size))
+        if step % cfg.logging.log_interval == 0 or step == t.steps:
+            logger.log(step, "pretrain", out)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
+        want_stop = stop.any_rank(device)
+        interval = cfg.checkpoint.save_interval
+        if (interval and step % interval == 0) or want_stop or step == t.steps or step == t.exit_after_steps:
+            save_checkpoint(
+                run.checkpoints,
+                step,
+                state.model,
+                state.optimizer,
+                state.scheduler,
+                {"consumed_samples": sampler.consumed_samples},
+                cfg.checkpoint.keep_last,
+            )
+            last_saved = step
+        if want_stop or step == t.exit_after_steps:
+            _say(
+                rank,
+                f"stopping at step {step} ({'signal' if want_stop else 'exit_after_steps'}); checkpoint saved",
+            )
+            break
+    if bar is not None:
+        bar.close()
+    logger.close()
+    out["step"] = float(step)
+    out["rank"] = float(rank)
+    return out
+
+
+def _global_param_count(model: list) -> int:
+    """Parameters of the whole model (summed over TP and PP ranks; DP replicas counted once)."""
+    from megatron.core import parallel_state as ps
+
+    n = sum(count_by_component_total(c) for c in model)
+    t = torch.tensor([float(n)])
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t, group=ps.get_model_parallel_group())
+    return int(t.item())
+
+
+def count_by_component_total(chunk) -> int:
+    from echo_megatron.model.params import count_by_component
+
+    return count_by_component(chunk)["total"]
+
+
+def _progress(cfg: DictConfig, rank: int, start: int):
+    if rank != 0 or not cfg.logging.progress_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=start, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
+
+
+def _say(rank: int, msg: str) -> None:
+    if rank == 0:
+        print(f"[echo-megatron] {msg}", flush=True)

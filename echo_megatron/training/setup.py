@@ -1,0 +1,105 @@
+"""Build the parallel model, optimizer and LR schedule: parallelism is applied to a built model here.
+
+model chunks (one per virtual pipeline stage) -> megatron DDP (optionally with the distributed
+optimizer's sharded grad buffers) -> megatron optimizer (Adam/AdamW, fp32 on CPU; torch fallback
+without Apex/TE) -> megatron ``OptimizerParamScheduler`` (linear warmup, cosine to min_lr_ratio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from echo_megatron.model.builder import build_model
+
+
+@dataclass
+class TrainState:
+    model: list  # megatron DDP-wrapped chunks
+    optimizer: object
+    scheduler: object
+    device: torch.device
+
+
+def build_model_chunks(cfg: DictConfig, vocab_size: int, device: torch.device, wrap_ddp: bool = True) -> list:
+    """One chunk per virtual pipeline stage, moved to ``device`` and wrapped in megatron DDP."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    vpp = cfg.parallel.vpp or 1
+    chunks = [build_model(cfg, vocab_size, vp_stage=(i if cfg.parallel.vpp else None)) for i in range(vpp)]
+    chunks = [c.to(device) for c in chunks]
+    if not wrap_ddp:
+        return chunks
+    ddp_cfg = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        average_in_collective=False,
+    )
+    return [
+        DistributedDataParallel(config=c.config, ddp_config=ddp_cfg, module=c, disable_bucketing=(i > 0))
+        for i, c in enumerate(chunks)
+    ]
+
+
+def build_optimizer(cfg: DictConfig, model: list, lr: float | None = None, weight_decay: float | None = None):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o = cfg.optimizer
+    bf16 = cfg.train.precision in ("bf16", "fp8")
+    ocfg = OptimizerConfig(
+        optimizer="adam",  # megatron's "adam" is AdamW (decoupled weight decay)
+        lr=o.lr if lr is None else lr,
+        min_lr=(o.lr if lr is None else lr) * o.min_lr_ratio,
+        weight_decay=o.weight_decay if weight_decay is None else weight_decay,
+        adam_beta1=o.beta1,
+        adam_beta2=o.beta2,
+        adam_eps=o.eps,
+        clip_grad=o.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+    )
+    return get_megatron_optimizer(ocfg, model)
+
+
+def build_scheduler(cfg: DictConfig, optimizer, total_steps: int, lr: float | None = None):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o, s = cfg.optimizer, cfg.schedule
+    max_lr = o.lr if lr is None else lr
+    decay = s.decay_steps or total_steps
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if s.warmup_steps else max_lr,
+        max_lr=max_lr,
+        min_lr=max_lr * o.min_lr_ratio,
+        lr_warmup_steps=s.warmup_steps,
+        lr_decay_steps=max(decay, s.warmup_steps + 1),
+        lr_decay_style=s.decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=max(decay, 1),
+        wd_incr_style="constant",
+    )
+
+
+def attach_schedule_hooks(model: list, optimizer) -> None:
+    """What megatron's schedules expect on the model config: grad sync, finalisation, loss scaling."""
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.utils import get_model_config
+
+    tc = get_model_config(model[0])
+    tc.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+    tc.finalize_model_grads_func = finalize_model_grads
+    tc.grad_scale_func = optimizer.scale_loss
+
+
+def build_train_state(cfg: DictConfig, vocab_size: int, device: torch.device, total_steps: int) -> TrainState:
+    model = build_model_chunks(cfg, vocab_size, device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
+    attach_schedule_hooks(model, optimizer)
+    return TrainState(model, optimizer, scheduler, device)
