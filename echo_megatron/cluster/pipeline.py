@@ -1,0 +1,286 @@
+"""Pipeline recipes: stages (command + recipe + overrides) that run as chained Slurm jobs.
+
+A pipeline recipe is a YAML file with a ``stages`` list (a plain recipe has none)::
+
+    name: paper_1b_grpo                 # job-name prefix
+    run_dir: runs/paper_1b_grpo         # the pipeline root; stage S runs in RUN_DIR/S
+    cluster: {nodes: 2, gpus_per_node: 8}   # cluster.* defaults for every stage
+    overrides: [train.precision=bf16]        # k=v for every stage
+    stages:
+      - name: pretrain
+        command: pretrain                    # an ``echo-megatron`` command
+        recipe: 1b_pretrain.yaml             # relative to this file
+        overrides: [train.steps=20000]
+      - name: grpo
+        command: rl
+        recipe: 1b_pretrain.yaml
+        overrides: ["rl.base={pretrain.run_dir}/checkpoints"]   # {STAGE.run_dir}: that stage's run dir
+        cluster: {time: "08:00:00"}
+      - name: eval
+        command: eval
+        recipe: 1b_pretrain.yaml
+        overrides: ["checkpoint.load={grpo.run_dir}/checkpoints"]
+
+Each stage waits for the stages in ``after`` (default: the stage before it) with ``--dependency=afterok``.
+A stage with ``grid: {key: [v1, v2], ...}`` is a job array over the grid's Cartesian product (task i runs in
+RUN_DIR/S/<i>_<values>); a stage with ``over: G`` runs one array task per task of grid stage G, each after
+its own task (``aftercorr``), and ``{G.run_dir}`` then means that task's run dir.
+Precedence for every stage: recipe < pipeline ``cluster`` / ``overrides`` < stage ``cluster`` / ``overrides``
+< command-line ``k=v`` < ``submit`` flags (``--nodes`` ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from echo_megatron.config import ConfigError, load_config
+
+STAGE_KEYS = {"name", "command", "recipe", "overrides", "cluster", "grid", "over", "after", "array_limit"}
+PIPELINE_KEYS = {"name", "run_dir", "description", "cluster", "overrides", "stages"}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\.run_dir\}")
+
+
+@dataclass
+class Stage:
+    name: str
+    command: str
+    recipe: str  # absolute path
+    overrides: list[str] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    over: str | None = None
+    after: list[str] = field(default_factory=list)
+    array_limit: int | None = None  # at most this many array tasks at once (--array=0-N%K)
+
+
+@dataclass
+class Pipeline:
+    name: str
+    run_dir: str  # absolute
+    stages: list[Stage]
+    source: str  # the file it came from
+
+
+@dataclass
+class Task:
+    """One run: the resolved config of one stage (or of one grid point of an array stage)."""
+
+    index: int
+    label: str  # "" for a plain stage, "<i>_<values>" for a grid point
+    run_dir: str
+    overrides: list[str]
+    config: DictConfig
+
+
+@dataclass
+class Job:
+    """One sbatch submission: a stage with its tasks (several = a job array) and its dependencies."""
+
+    stage: Stage
+    tasks: list[Task]
+    depends: list[tuple[str, str]]  # (afterok | aftercorr, stage name)
+
+    @property
+    def is_array(self) -> bool:
+        return bool(self.stage.grid or self.stage.over)
+
+
+def is_pipeline_file(path: str) -> bool:
+    """True when ``path`` is a YAML mapping with a ``stages`` key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "stages" in data
+
+
+def _fail(where: str, msg: str) -> ConfigError:
+    return ConfigError(f"{where}: {msg}")
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(where, "must be a list of strings")
+    return list(value)
+
+
+def _cluster_overrides(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise _fail(where, "must be a mapping of cluster.* keys")
+    return [f"cluster.{k}={_yaml_scalar(v)}" for k, v in value.items()]
+
+
+def _yaml_scalar(v: Any) -> str:
+    """A value as OmegaConf's dotlist parser reads it back (lists and dicts in flow style)."""
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True).strip()
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def load_pipeline(path: str) -> Pipeline:
+    """Read and check a pipeline recipe; every error names the file, the stage and the field."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"pipeline file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise ConfigError(f"{path}: a pipeline needs a non-empty 'stages' list")
+    unknown = set(data) - PIPELINE_KEYS
+    if unknown:
+        raise _fail(path, f"unknown key(s) {sorted(unknown)} (known: {sorted(PIPELINE_KEYS)})")
+    name = str(data.get("name") or os.path.splitext(os.path.basename(path))[0])
+    run_dir = os.path.abspath(str(data.get("run_dir") or os.path.join("runs", name)))
+    base_dir = os.path.dirname(os.path.abspath(path))
+    common = _cluster_overrides(data.get("cluster"), f"{path}: cluster") + _str_list(
+        data.get("overrides"), f"{path}: overrides"
+    )
+    stages: list[Stage] = []
+    for i, raw in enumerate(data["stages"]):
+        where = f"{path}: stages[{i}]"
+        if not isinstance(raw, dict):
+            raise _fail(where, "each stage must be a mapping")
+        unknown = set(raw) - STAGE_KEYS
+        if unknown:
+            raise _fail(where, f"unknown key(s) {sorted(unknown)} (known: {sorted(STAGE_KEYS)})")
+        for key in ("name", "command", "recipe"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise _fail(where, f"'{key}' is required (a string)")
+        sname = raw["name"]
+        where = f"{path}: stage '{sname}'"
+        if not _NAME.match(sname):
+            raise _fail(where, "a stage name is letters, digits, '_' and '-', starting with a letter")
+        if any(s.name == sname for s in stages):
+            raise _fail(where, "duplicate stage name")
+        recipe = raw["recipe"] if os.path.isabs(raw["recipe"]) else os.path.join(base_dir, raw["recipe"])
+        if not os.path.isfile(recipe):
+            raise _fail(where, f"recipe not found: {recipe}")
+        grid = raw.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise _fail(where, "'grid' must map keys to non-empty lists of values")
+        if any(str(k).startswith("cluster.") for k in grid):
+            raise _fail(
+                where, "a grid may not vary cluster.* (all tasks of an array share one sbatch header)"
+            )
+        earlier = [s.name for s in stages]
+        over = raw.get("over")
+        if over is not None:
+            if grid:
+                raise _fail(where, "use either 'grid' or 'over', not both")
+            target = next((s for s in stages if s.name == over), None)
+            if target is None or not (target.grid or target.over):
+                raise _fail(
+                    where, f"'over: {over}' must name an earlier array stage (one with 'grid' or 'over')"
+                )
+        after = _str_list(raw.get("after"), f"{where}: after") if "after" in raw else earlier[-1:]
+        for dep in after:
+            if dep not in earlier:
+                raise _fail(where, f"'after' names '{dep}', which is not an earlier stage ({earlier})")
+        if over and over not in after:
+            after.append(over)
+        limit = raw.get("array_limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise _fail(where, "'array_limit' must be a positive integer")
+        overrides = (
+            common
+            + _cluster_overrides(raw.get("cluster"), f"{where}: cluster")
+            + _str_list(raw.get("overrides"), f"{where}: overrides")
+        )
+        stages.append(Stage(sname, raw["command"], recipe, overrides, grid, over, after, limit))
+    return Pipeline(name, run_dir, stages, os.path.abspath(path))
+
+
+def single_stage(recipe: str, command: str) -> Pipeline:
+    """A plain recipe as a one-stage pipeline; its run dir is the recipe's own ``run_dir``."""
+    stage = Stage(name=command, command=command, recipe=os.path.abspath(recipe))
+    return Pipeline(name="", run_dir="", stages=[stage], source=os.path.abspath(recipe))
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
+    keys = list(grid)
+    return [
+        [f"{k}={_yaml_scalar(v)}" for k, v in zip(keys, values)]
+        for values in itertools.product(*grid.values())
+    ]
+
+
+def _label(i: int, point: list[str]) -> str:
+    values = [kv.split("=", 1)[1] for kv in point]
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", "_".join(values)).strip("-")
+    return f"{i:03d}_{slug}"[:80]
+
+
+def _substitute(items: list[str], dirs: dict[str, str], where: str) -> list[str]:
+    def one(m: re.Match) -> str:
+        if m.group(1) not in dirs:
+            raise ConfigError(f"{where}: '{m.group(0)}' names no earlier stage (known: {sorted(dirs)})")
+        return dirs[m.group(1)]
+
+    return [_PLACEHOLDER.sub(one, item) for item in items]
+
+
+def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
+    """Resolve every task's config (recipe + overrides + ``extra``); placeholders become run dirs."""
+    jobs: list[Job] = []
+    stage_dirs: dict[str, str] = {}  # stage -> its run dir (a grid stage: the folder holding its tasks)
+    task_dirs: dict[str, list[str]] = {}  # grid stage -> its tasks' run dirs
+    single = not pipeline.run_dir
+    for stage in pipeline.stages:
+        where = f"{pipeline.source}: stage '{stage.name}'"
+        if stage.grid:
+            points = _grid_points(stage.grid)
+        elif stage.over:
+            points = [[] for _ in task_dirs[stage.over]]
+        else:
+            points = [[]]
+        tasks: list[Task] = []
+        for i, point in enumerate(points):
+            dirs = dict(stage_dirs)
+            if stage.over:
+                dirs[stage.over] = task_dirs[stage.over][i]
+            overrides = _substitute(stage.overrides + list(extra), dirs, where) + point
+            if single:
+                cfg = load_config(stage.recipe, overrides)
+                run_dir, label = os.path.abspath(cfg.run_dir), ""
+            else:
+                if stage.grid:
+                    label = _label(i, point)
+                elif stage.over:
+                    label = os.path.basename(task_dirs[stage.over][i])
+                else:
+                    label = ""
+                run_dir = os.path.join(pipeline.run_dir, stage.name, label)
+                run_dir = run_dir.rstrip(os.sep)
+                name = f"{pipeline.name}-{stage.name}" + (f"-{label}" if label else "")
+                cfg = load_config(stage.recipe, overrides + [f"name={name}", f"run_dir={run_dir}"])
+            cfg.run_dir = run_dir
+            tasks.append(Task(i, label, run_dir, overrides, cfg))
+        clusters = {OmegaConf.to_yaml(t.config.cluster) for t in tasks}
+        if len(clusters) > 1:
+            raise ConfigError(f"{where}: the tasks of one array must share their cluster.* settings")
+        if stage.grid or stage.over:
+            stage_dirs[stage.name] = os.path.join(pipeline.run_dir, stage.name)
+            task_dirs[stage.name] = [t.run_dir for t in tasks]
+        else:
+            stage_dirs[stage.name] = tasks[0].run_dir
+        depends = [("aftercorr" if dep == stage.over else "afterok", dep) for dep in stage.after]
+        jobs.append(Job(stage, tasks, depends))
+    return jobs

@@ -1,0 +1,221 @@
+"""Render one stage of a pipeline as an sbatch script (the template is below, readable top to bottom).
+
+Launch: one ``srun`` task per node runs ``torchrun`` (c10d rendezvous on the first host of the allocation,
+``cluster.launcher=torchrun``), or ``srun`` starts one task per rank itself (``cluster.launcher=srun``; the
+trainer reads SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID). Optionally inside a container: pyxis/enroot
+(``srun --container-image``) or Apptainer (``apptainer exec``).
+
+Preemption and time limits: ``--signal=B:USR1@N`` makes Slurm send SIGUSR1 to the batch shell N seconds
+before the time limit (or a site's preemption warning does). The shell forwards it to the job step (``srun``
+passes it to every process of the step, so each trainer rank gets it; torchrun itself runs with USR1
+ignored so that it outlives its workers); the trainer finishes its step, saves a checkpoint and exits 0; the
+shell then runs ``scontrol requeue`` and the next start resumes from ``RUN_DIR/checkpoints/latest``.
+A USR1 always ends in a requeue (at most ``cluster.max_requeues`` times): a run that had just finished
+restarts, finds its last checkpoint and exits at once. SIGTERM (scancel, ``scontrol requeue``, a
+preemption by Slurm itself) reaches the trainer too, which saves and exits; the shell does not requeue
+then, because Slurm already decides what happens to the job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+
+import jinja2
+from omegaconf import DictConfig
+
+from echo_megatron.cluster.pipeline import Job
+from echo_megatron.config import ConfigError
+
+TEMPLATE = r"""#!/bin/bash
+# {{ title }}
+# Written by `echo-megatron submit`; change the recipe and resubmit rather than editing this file.
+#SBATCH --job-name={{ job_name }}
+#SBATCH --nodes={{ c.nodes }}
+#SBATCH --ntasks-per-node={{ tasks_per_node }}
+{% if cpus_per_task %}#SBATCH --cpus-per-task={{ cpus_per_task }}
+{% endif %}{% if gpus %}#SBATCH --gpus-per-node={{ c.gpus_per_node }}
+{% endif %}{% if c.partition %}#SBATCH --partition={{ c.partition }}
+{% endif %}{% if c.account %}#SBATCH --account={{ c.account }}
+{% endif %}#SBATCH --time={{ c.time }}
+{% if c.mem is not none %}#SBATCH --mem={{ c.mem }}
+{% endif %}{% if c.exclusive %}#SBATCH --exclusive
+{% endif %}{% if array %}#SBATCH --array={{ array }}
+{% endif %}#SBATCH --output={{ log }}
+#SBATCH --open-mode=append
+#SBATCH --chdir={{ workdir }}
+#SBATCH --signal=B:USR1@{{ c.signal_lead_s }}
+#SBATCH --{{ "requeue" if c.requeue else "no-requeue" }}
+{% for arg in c.sbatch_args %}#SBATCH {{ arg }}
+{% endfor %}
+set -euo pipefail
+
+STAGE={{ stage | q }}
+COMMAND={{ command | q }}
+{% if array %}CONFIGS=(
+{% for t in tasks %}  {{ t | q }}
+{% endfor %})
+CONFIG=${CONFIGS[$SLURM_ARRAY_TASK_ID]}
+{% else %}CONFIG={{ tasks[0] | q }}
+{% endif %}PYTHON={{ c.python | q }}
+
+# Environment of every rank.
+{% for k, v in env.items() %}export {{ k }}={{ v | q }}
+{% endfor %}{% if c.setup %}
+# cluster.setup
+{% for line in c.setup %}{{ line }}
+{% endfor %}{% endif %}
+# Rendezvous: the first host of the allocation, a port derived from the job id.
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_PORT=$(({{ c.master_port }} + SLURM_JOB_ID % 10000))
+export MASTER_ADDR MASTER_PORT
+
+LAUNCH=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node={{ tasks_per_node }}{% if cpus_per_task %} --cpus-per-task={{ cpus_per_task }}{% endif %} --kill-on-bad-exit=1)
+{% if runtime == "pyxis" %}LAUNCH+=(--container-image={{ c.container | q }} --container-mounts={{ mounts | q }} --container-workdir={{ workdir | q }})
+{% elif runtime == "apptainer" %}LAUNCH+=(apptainer exec{% if gpus %} --nv{% endif %} --bind {{ mounts | q }} --pwd {{ workdir | q }} {{ c.container | q }})
+{% endif %}{% if c.launcher == "torchrun" %}# torchrun ignores USR1 (it must outlive its workers while they save); the workers get it from srun.
+LAUNCH+=(bash -c 'trap "" USR1; exec "$@"' torchrun "$PYTHON" -m torch.distributed.run
+  --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node={{ c.gpus_per_node }} --max-restarts=0
+  --rdzv-id="$SLURM_JOB_ID" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT")
+LAUNCH+=(-m echo_megatron "$COMMAND" "$CONFIG")
+{% else %}LAUNCH+=("$PYTHON" -m echo_megatron "$COMMAND" "$CONFIG")
+{% endif %}
+say() { echo "[echo-megatron $(date -u +%Y-%m-%dT%H:%M:%SZ)] $*"; }
+
+# Forward USR1 (time limit / preemption warning) and TERM to the job step; remember which came.
+SIGNALLED=""
+STEP_PID=""
+# shellcheck disable=SC2317  # invoked by the traps below
+on_signal() {
+  SIGNALLED=$1
+  say "got SIG$1: forwarding it to the job step (the trainer saves a checkpoint and exits)"
+  if [ -n "$STEP_PID" ]; then kill -s "$1" "$STEP_PID" 2>/dev/null || true; fi
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+
+say "stage $STAGE, job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, start $((${SLURM_RESTART_COUNT:-0} + 1)), nodes $SLURM_JOB_NODELIST"
+say "${LAUNCH[*]}"
+"${LAUNCH[@]}" &
+STEP_PID=$!
+# A trapped signal interrupts `wait` (status > 128) while the step still runs: wait again.
+RC=0
+while :; do
+  if wait "$STEP_PID"; then RC=0; else RC=$?; fi
+  if [ "$RC" -gt 128 ] && kill -0 "$STEP_PID" 2>/dev/null; then continue; fi
+  break
+done
+say "job step exited with status $RC"
+
+if [ "$SIGNALLED" = USR1 ]; then
+{% if c.requeue %}  if [ "${SLURM_RESTART_COUNT:-0}" -lt {{ c.max_requeues }} ]; then
+    say "requeueing job $SLURM_JOB_ID; the next start resumes from the latest checkpoint"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  say "not requeueing: already restarted ${SLURM_RESTART_COUNT:-0} times (cluster.max_requeues={{ c.max_requeues }})"
+{% else %}  say "not requeueing (cluster.requeue=false)"
+{% endif %}  exit 1
+fi
+exit "$RC"
+"""
+
+# Environment every GPU job gets (cluster.env entries override or add to these).
+GPU_ENV = {
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # megatron: keep TP/SP communication kernels in issue order
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a failed collective aborts the job instead of hanging it
+    "NCCL_DEBUG": "WARN",
+}
+BASE_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    comment_start_string="{##",  # bash's ${#VAR} must not open a Jinja comment
+    comment_end_string="##}",
+)
+_ENV.filters["q"] = lambda v: shlex.quote(str(v))
+
+
+def config_path(root: str, stage: str, index: int | None = None) -> str:
+    """Where ``submit`` writes the resolved config of a stage (or of array task ``index``)."""
+    return os.path.join(root, "slurm", f"{stage}.yaml" if index is None else f"{stage}.{index}.yaml")
+
+
+def container_runtime(cluster: DictConfig) -> str:
+    """none | pyxis | apptainer (``auto``: an image path ending in .sif is Apptainer, anything else pyxis)."""
+    if not cluster.container:
+        return "none"
+    rt = cluster.container_runtime
+    if rt == "auto":
+        return "apptainer" if str(cluster.container).endswith(".sif") else "pyxis"
+    if rt not in ("pyxis", "apptainer"):
+        raise ConfigError(f"cluster.container_runtime: '{rt}' is not auto, pyxis or apptainer")
+    return rt
+
+
+def wants_gpus(cfg: DictConfig) -> bool:
+    return bool(cfg.cluster.gpus) if cfg.cluster.gpus is not None else cfg.parallel.device != "cpu"
+
+
+def check_layout(cfg: DictConfig, where: str) -> None:
+    c, p = cfg.cluster, cfg.parallel
+    if c.launcher not in ("torchrun", "srun"):
+        raise ConfigError(f"{where}: cluster.launcher '{c.launcher}' is not torchrun or srun")
+    if c.nodes < 1 or c.gpus_per_node < 1:
+        raise ConfigError(f"{where}: cluster.nodes and cluster.gpus_per_node must be >= 1")
+    world = c.nodes * c.gpus_per_node
+    if world % (p.tp * p.pp):
+        raise ConfigError(
+            f"{where}: {c.nodes} nodes x {c.gpus_per_node} = {world} ranks is not divisible by "
+            f"parallel.tp * parallel.pp = {p.tp} * {p.pp}"
+        )
+    for k in c.env:
+        if not _ENV_NAME.match(str(k)):
+            raise ConfigError(f"{where}: cluster.env key '{k}' is not a valid environment variable name")
+
+
+def render(job: Job, root: str, workdir: str, job_name: str) -> str:
+    """The sbatch script of ``job``; ``root`` holds slurm/ (configs, logs), ``workdir`` is the job's cwd."""
+    cfg = job.tasks[0].config
+    c = cfg.cluster
+    where = f"stage '{job.stage.name}'"
+    check_layout(cfg, where)
+    runtime = container_runtime(c)
+    gpus = wants_gpus(cfg)
+    env = dict(BASE_ENV)
+    if gpus:
+        env.update(GPU_ENV)
+    env.update({str(k): str(v) for k, v in c.env.items()})
+    mounts = [workdir] + (
+        [root] if not root.startswith(workdir.rstrip("/") + "/") and root != workdir else []
+    )
+    mounts = ",".join(f"{m}:{m}" for m in mounts) + (f",{c.container_mounts}" if c.container_mounts else "")
+    n = len(job.tasks)
+    array = None
+    if job.is_array:
+        array = f"0-{n - 1}" + (f"%{job.stage.array_limit}" if job.stage.array_limit else "")
+    configs = [config_path(root, job.stage.name, t.index if job.is_array else None) for t in job.tasks]
+    log = os.path.join(root, "slurm", f"{job.stage.name}-%A_%a.out" if array else f"{job.stage.name}-%j.out")
+    tasks_per_node = 1 if c.launcher == "torchrun" else c.gpus_per_node
+    title = f"stage '{job.stage.name}': echo-megatron {job.stage.command}" + (
+        f", {n} array tasks" if array else ""
+    )
+    return _ENV.from_string(TEMPLATE).render(
+        title=title,
+        job_name=job_name,
+        c=c,
+        gpus=gpus,
+        tasks_per_node=tasks_per_node,
+        cpus_per_task=c.cpus_per_task,
+        array=array,
+        log=log,
+        workdir=workdir,
+        stage=job.stage.name,
+        command=job.stage.command,
+        tasks=configs,
+        env=env,
+        runtime=runtime,
+        mounts=mounts,
+    )

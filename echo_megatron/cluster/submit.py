@@ -1,0 +1,138 @@
+"""Submit a recipe or a pipeline: resolve every stage, write its config and sbatch script, chain the jobs.
+
+Files (ROOT = the pipeline's ``run_dir``, or a plain recipe's ``run_dir``)::
+
+    ROOT/slurm/<stage>.yaml | <stage>.<task>.yaml   the resolved config each job runs
+    ROOT/slurm/<stage>.sbatch                       the job script
+    ROOT/slurm/<stage>-<jobid>.out                  its log (arrays: <stage>-<jobid>_<task>.out)
+    ROOT/slurm/submission.json                      job ids, run dirs and dependencies (read by ``status``)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from echo_megatron.cluster import slurm
+from echo_megatron.cluster.pipeline import (
+    Job,
+    Pipeline,
+    expand,
+    is_pipeline_file,
+    load_pipeline,
+    single_stage,
+)
+from echo_megatron.cluster.sbatch import config_path, render
+from echo_megatron.config import ConfigError
+
+RECORD = "submission.json"
+
+
+@dataclass
+class Rendered:
+    job: Job
+    name: str  # Slurm job name
+    script_path: str
+    script: str
+
+
+def command_module(command: str) -> str | None:
+    """The module under echo_megatron.commands that implements ``command``; None if not in this install."""
+    from echo_megatron.cli import COMMANDS
+
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command '{command}' (known: {', '.join(COMMANDS)})")
+    module = f"echo_megatron.commands.{COMMANDS[command][0]}"
+    return module if importlib.util.find_spec(module) is not None else None
+
+
+def prepare(
+    recipe: str, overrides: list[str], command: str = "pretrain"
+) -> tuple[Pipeline, str, list[Rendered]]:
+    """(pipeline, root, rendered jobs) for a pipeline file or a plain recipe run by ``command``."""
+    pipeline = load_pipeline(recipe) if is_pipeline_file(recipe) else single_stage(recipe, command)
+    jobs = expand(pipeline, overrides)
+    root = pipeline.run_dir or jobs[0].tasks[0].run_dir
+    workdir = os.getcwd()
+    rendered = []
+    for job in jobs:
+        base = f"{pipeline.name}-{job.stage.name}" if pipeline.name else str(job.tasks[0].config.name)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base)[:64]
+        path = os.path.join(root, "slurm", f"{job.stage.name}.sbatch")
+        rendered.append(Rendered(job, name, path, render(job, root, workdir, name)))
+    return pipeline, root, rendered
+
+
+def dependency(job: Job, ids: dict[str, str]) -> str | None:
+    """``afterok:1:2,aftercorr:3`` from the stage's dependencies and the job ids submitted so far."""
+    parts: dict[str, list[str]] = {}
+    for kind, stage in job.depends:
+        parts.setdefault(kind, []).append(ids[stage])
+    return ",".join(f"{kind}:{':'.join(v)}" for kind, v in parts.items()) or None
+
+
+def missing_commands(rendered: list[Rendered]) -> list[str]:
+    return sorted({r.job.stage.command for r in rendered if command_module(r.job.stage.command) is None})
+
+
+def dry_run(rendered: list[Rendered], out=sys.stdout) -> None:
+    """Print each job's sbatch command line and script; writes and submits nothing."""
+    for r in rendered:
+        dep = dependency(r.job, {s: f"<{s}>" for _, s in r.job.depends})
+        cmd = "sbatch --parsable" + (f" --dependency={dep} --kill-on-invalid-dep=yes" if dep else "")
+        print(f"# ===== stage {r.job.stage.name}: {cmd} {r.script_path}", file=out)
+        print(r.script, file=out)
+
+
+def write_files(root: str, rendered: list[Rendered]) -> None:
+    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    for r in rendered:
+        for t in r.job.tasks:
+            OmegaConf.save(t.config, config_path(root, r.job.stage.name, t.index if r.job.is_array else None))
+        with open(r.script_path, "w", encoding="utf-8") as f:
+            f.write(r.script)
+        os.chmod(r.script_path, 0o755)
+
+
+def submit(pipeline: Pipeline, root: str, rendered: list[Rendered]) -> dict[str, str]:
+    """Write the files, sbatch every stage in order (chained), record the ids; returns stage -> job id."""
+    write_files(root, rendered)
+    ids: dict[str, str] = {}
+    for r in rendered:
+        ids[r.job.stage.name] = slurm.sbatch(r.script_path, dependency(r.job, ids))
+    record = {
+        "name": pipeline.name or str(rendered[0].job.tasks[0].config.name),
+        "source": pipeline.source,
+        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "workdir": os.getcwd(),
+        "stages": [
+            {
+                "name": r.job.stage.name,
+                "command": r.job.stage.command,
+                "job_id": ids[r.job.stage.name],
+                "array": r.job.is_array,
+                "depends": [f"{kind}:{stage}" for kind, stage in r.job.depends],
+                "script": r.script_path,
+                "tasks": [
+                    {
+                        "index": t.index,
+                        "label": t.label,
+                        "run_dir": t.run_dir,
+                        "config": config_path(root, r.job.stage.name, t.index if r.job.is_array else None),
+                    }
+                    for t in r.job.tasks
+                ],
+            }
+            for r in rendered
+        ],
+    }
+    with open(os.path.join(root, "slurm", RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    return ids
