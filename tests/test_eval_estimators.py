@@ -13,6 +13,7 @@ from echo_megatron.eval.estimators import (
     expected_maj_at_k,
     format_metrics,
     format_stats,
+    k_metrics,
     maj_at_k,
     majority_answer,
     mean_pass_at_k,
@@ -131,3 +132,18 @@ def test_dominant_format():
     assert dominant_format({"code": 0.2, "nl": 0.7, "code_interp": 0.1}) == "nl"
     assert dominant_format({"nl": 0.5, "code": 0.5}) == "code"  # tie: FORMATS order
     assert dominant_format({"nl": 0.0}) is None
+
+
+def test_k_metrics_blocks():
+    answers = [["1", "1", "2", "3"], ["5", None, "5", "6"]]
+    correct = [[True, True, False, False], [False, False, False, True]]
+    m = k_metrics(answers, correct, ks=[1, 2, 4, 8])
+    assert list(m["pass@k"]) == ["1", "2", "4"]  # k = 8 > n = 4 is left out
+    assert m["pass@k"]["1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert m["pass@k"]["4"] == 1.0
+    assert m["maj@k"]["4"] == pytest.approx(0.5)  # "1" wins problem 0, "5" (wrong) wins problem 1
+    assert m["maj@k"]["1"] == pytest.approx(0.5)
+    e = k_metrics(answers, correct, ks=[2], maj_expected=True)
+    assert e["maj@k"]["2"] == pytest.approx(
+        (expected_maj_at_k(answers[0], correct[0], 2) + expected_maj_at_k(answers[1], correct[1], 2)) / 2
+    )

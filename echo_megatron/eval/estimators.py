@@ -134,6 +134,31 @@ def expected_maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool
     return total / comb(n, k)
 
 
+def k_metrics(
+    answers: Sequence[Sequence[Hashable | None]],
+    correct: Sequence[Sequence[bool]],
+    ks: Sequence[int],
+    maj_expected: bool = False,
+) -> dict[str, dict[str, float]]:
+    """The ``pass@k`` and ``maj@k`` blocks of ``eval/<task>.json``: ``{"pass@k": {"k": v}, "maj@k": {"k": v}}``.
+
+    ``answers[p][i]`` / ``correct[p][i]``: sample i of problem p. Each value is the mean over problems of
+    :func:`pass_at_k` and of :func:`maj_at_k` (or :func:`expected_maj_at_k` with ``maj_expected``).
+    A k larger than the smallest sample count is left out; keys are strings, as JSON has them.
+    """
+    if len(answers) != len(correct) or not answers:
+        raise ValueError(f"k_metrics: {len(answers)} answer lists but {len(correct)} correctness lists")
+    n = min(len(c) for c in correct)
+    maj = expected_maj_at_k if maj_expected else maj_at_k
+    out: dict[str, dict[str, float]] = {"pass@k": {}, "maj@k": {}}
+    for k in sorted(set(ks)):
+        if not 1 <= k <= n:
+            continue
+        out["pass@k"][str(k)] = mean_pass_at_k([(len(c), sum(map(bool, c))) for c in correct], k)
+        out["maj@k"][str(k)] = sum(maj(a, c, k) for a, c in zip(answers, correct)) / len(answers)
+    return out
+
+
 def format_stats(formats: Sequence[str], correct: Sequence[bool]) -> dict[str, dict]:
     """Per output format: ``{"count", "share" = count / N, "accuracy" = correct / count}``.
 
