@@ -8,22 +8,33 @@ from typing import Optional
 
 @dataclass
 class SourceConfig:
-    """One corpus of the mixture. Registry defaults (HF id, fields, format) apply unless set here."""
+    """One corpus of the mixture. Registry defaults (HF id, fields, format) apply unless set here.
 
+    The key under ``data.sources`` names the source; ``type`` picks its registry entry (default: the key),
+    so one recipe can hold several sources of the same type (e.g. three testbed files, one per format).
+    """
+
+    type: Optional[str] = None  # registry entry (tinygsm, omi1, omi2, ..., testbed); None = the source's key
     path: Optional[str] = None  # local jsonl / json / parquet file or directory (overrides the hub)
     hf_id: Optional[str] = None
     hf_config: Optional[str] = None
     split: Optional[str] = None
+    revision: Optional[str] = None  # hub revision (branch, tag or commit); recorded in the manifest
     max_docs: Optional[int] = None
-    multiplier: float = 1.0  # N = N passes over this source in one run; 0.5 = half of it
+    multiplier: float = 1.0  # N = N passes over this source in one mixture epoch; 0.5 = half of it
     weight: Optional[float] = None  # an explicit blend weight instead of the multiplier
 
 
 @dataclass
 class TokenizerConfig:
     path: Optional[str] = None  # a HF `tokenizers` JSON file, a directory, or a hub name
-    vocab_size: int = 4096  # for `echo-megatron tokenizer train`
-    train_out: Optional[str] = None
+    kind: str = "bpe"  # for `tokenizer train`: bpe (byte-level BPE) | numbers (integers as single tokens)
+    vocab_size: int = 4096  # for `tokenizer train`: the BPE target (numbers: before the number tokens)
+    min_frequency: int = 2  # for `tokenizer train`: pieces rarer than this are left out
+    max_number: int = 999  # numbers: every integer 0..max_number is one token
+    train_out: Optional[str] = None  # where `tokenizer train` writes; None = `path`
+    eod: Optional[str] = None  # the end-of-document token; None = the tokenizer's EOS/endoftext token
+    pad: Optional[str] = None  # the padding token; None = the tokenizer's pad token, else eod
 
 
 @dataclass
@@ -40,8 +51,9 @@ class DataConfig:
     blend: list[BlendItem] = field(default_factory=list)  # explicit prefixes; else built from sources
     split: str = "98,2,0"
     seed: int = 1234
-    num_workers: int = 2
-    on_bad_record: str = "error"  # error | skip
+    num_workers: int = 2  # tokenizer worker processes for preprocess (0 or 1 = in-process)
+    chunk_docs: int = 512  # documents per work item sent to a preprocess worker
+    on_bad_record: str = "error"  # error | skip (malformed line or missing field; counted in the manifest)
     document_aligned: bool = False  # one document per row from position 0 (as at inference), padded
     loss_on: str = "all"  # all | solution (prompt-masked loss; needs the prompt-length sidecar)
     mock: bool = False  # megatron's MockGPTDataset (random tokens): for throughput benchmarks only
@@ -49,6 +61,8 @@ class DataConfig:
 
 @dataclass
 class TestbedConfig:
+    """The controlled three-format arithmetic testbed (`echo-megatron testbed`); defaults = the demo's."""
+
     out: str = "data/testbed"
     seed: int = 0
     n_train: int = 20000
@@ -57,5 +71,11 @@ class TestbedConfig:
     max_ops: int = 3
     min_operand: int = 2
     max_operand: int = 30
-    max_answer: int = 999
+    mul_min: int = 2  # multiplier / divisor range of the x and / steps
+    mul_max: int = 9
+    max_answer: int = 999  # every intermediate value and answer stays in [1, max_answer]
+    ops: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"])
     formats: dict[str, float] = field(default_factory=lambda: {"code": 0.2, "code_interp": 0.3, "nl": 0.5})
+    tokenizer: str = "numbers"  # numbers | bpe | none: the tokenizer written to OUT/tokenizer.json
+    tokenizer_vocab_size: int = 1024  # its BPE target (numbers adds the integers 0..max_answer on top)
+    gsm8k_path: Optional[str] = None  # also render this GSM8K train.jsonl into OUT/gsm8k3/ (the gsm8k3 set)
