@@ -1,0 +1,213 @@
+"""Mixtures: per-source multipliers (or weights) -> megatron blend weights, and the table that explains them.
+
+Definitions (per source i, over the *train* split of its documents, which megatron takes as the contiguous
+document range given by ``data.split``):
+
+    P_i   samples in one pass over source i:
+            packed rows (GPTDataset):        P_i = (T_i - 1) // L       T_i = train tokens, L = model.seq_length
+            document-aligned rows:           P_i = D_i                  D_i = train documents
+    m_i   the recipe's multiplier (``data.sources.<i>.multiplier``)
+    E     = sum_i m_i P_i        samples in one *mixture epoch*: m_i passes over every source i
+    w_i   = m_i P_i / E          the blend weight handed to megatron
+    S     = train.steps * train.global_batch_size      samples the run draws (megatron's train size)
+    passes_i = w_i S / P_i = m_i * (S / E)
+
+So multiplier N means N passes over that source (and 0.5 half of it) per mixture epoch; a run of exactly one
+mixture epoch (``train.steps = ceil(E / global_batch_size)``, printed by ``echo-megatron mixture``) makes the
+passes equal the multipliers, and a run of R epochs gives R * m_i passes. With explicit ``weight``s (all sources,
+or none) the weights are normalized as given and the table shows the passes they imply.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from echo_megatron.data.preprocess import plan_sources, read_manifest
+from echo_megatron.data.records import DataError
+
+
+@dataclass
+class MixtureRow:
+    source: str
+    prefix: str
+    format: str
+    docs: int  # all documents of the source
+    tokens: int
+    train_docs: int
+    train_tokens: int
+    per_pass: int  # P_i: samples in one pass over the train split
+    multiplier: float | None
+    weight: float  # normalized blend weight w_i
+    share: float  # share of the run's tokens
+    passes: float  # passes over the source's train split in the configured run
+    format_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Mixture:
+    rows: list[MixtureRow]
+    seq_length: int
+    document_aligned: bool
+    run_samples: int  # S
+    epoch_samples: int  # E (0 with explicit weights)
+    global_batch_size: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """train.steps that make the run exactly one mixture epoch."""
+        return math.ceil(self.epoch_samples / self.global_batch_size) if self.epoch_samples else 0
+
+    def blend(self) -> list[tuple[str, float]]:
+        return [(r.prefix, r.weight) for r in self.rows if r.weight > 0]
+
+
+def train_range(num_docs: int, split: str) -> tuple[int, int]:
+    """[begin, end) documents of the train split, as megatron computes it: split weights normalized, then
+    ``round(begin_fraction * n), round(end_fraction * n)``."""
+    parts = [float(x) for x in re.findall(r"[.0-9]+", split)] + [0.0, 0.0, 0.0]
+    total = sum(parts[:3])
+    if total <= 0:
+        raise DataError(f"data.split: '{split}' has no positive part")
+    return 0, int(round(parts[0] / total * num_docs))
+
+
+def blend_weights(per_pass: list[int], multipliers: list[float]) -> tuple[list[float], int]:
+    """(w_i = m_i P_i / E, E = sum_i m_i P_i)."""
+    epoch = sum(m * p for m, p in zip(multipliers, per_pass))
+    if epoch <= 0:
+        raise DataError("the mixture is empty: every source has multiplier 0 or no train samples")
+    return [m * p / epoch for m, p in zip(multipliers, per_pass)], int(math.ceil(epoch))
+
+
+def _train_stats(prefix: str, manifest: dict, split: str) -> tuple[int, int, np.ndarray]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    index = IndexedDataset(prefix, mmap=False)  # copy the lengths out before the index is closed
+    lengths = np.array(index.sequence_lengths)
+    del index
+    if len(lengths) != manifest["docs"]:
+        raise DataError(
+            f"{prefix}: index has {len(lengths)} documents, manifest {manifest['docs']}: rerun preprocess"
+        )
+    beg, end = train_range(len(lengths), split)
+    return end - beg, int(lengths[beg:end].sum()), lengths[beg:end]
+
+
+def _check_tokenizer(cfg: Any, name: str, manifest: dict) -> None:
+    if not cfg.data.tokenizer.path:
+        return
+    from echo_megatron.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg.data.tokenizer)
+    if manifest["tokenizer"]["hash"] != tok.hash:
+        raise DataError(
+            f"data.sources.{name}: preprocessed with another tokenizer ({manifest['tokenizer']['path']}); "
+            "run `echo-megatron preprocess RECIPE` again"
+        )
+
+
+def plan_mixture(cfg: Any) -> Mixture:
+    """The mixture of ``cfg`` from the preprocess manifests in ``cfg.data.indexed_dir`` (see module docstring)."""
+    plans = plan_sources(cfg)
+    given = [p.cfg.weight is not None for p in plans]
+    if any(given) and not all(given):
+        named = [p.name for p, g in zip(plans, given) if g]
+        raise DataError(
+            f"data.sources: weights given for {named} only; give a weight for every source or none"
+        )
+    L = int(cfg.model.seq_length)
+    aligned = bool(cfg.data.document_aligned)
+    rows, per_pass, mults, mean_lens = [], [], [], []
+    for p in plans:
+        m = read_manifest(p.prefix)
+        if m is None or not os.path.isfile(p.prefix + ".idx"):
+            raise DataError(
+                f"data.sources.{p.name}: not preprocessed (no {p.prefix}.manifest.json); "
+                "run `echo-megatron preprocess RECIPE` first"
+            )
+        if m["docs"] == 0:
+            raise DataError(f"data.sources.{p.name}: preprocessed source is empty ({p.prefix})")
+        _check_tokenizer(cfg, p.name, m)
+        mult = p.cfg.multiplier
+        if mult < 0 or (p.cfg.weight is not None and p.cfg.weight < 0):
+            raise DataError(f"data.sources.{p.name}: multiplier and weight must be >= 0")
+        train_docs, train_tokens, lengths = _train_stats(p.prefix, m, cfg.data.split)
+        pp = train_docs if aligned else max(0, (train_tokens - 1) // L)
+        if pp == 0 and (mult > 0 if p.cfg.weight is None else p.cfg.weight > 0):
+            raise DataError(
+                f"data.sources.{p.name}: its train split holds no full sample ({train_tokens} tokens, "
+                f"{train_docs} docs, seq_length {L}): add data or lower data.split's valid/test parts"
+            )
+        mean_len = float(np.minimum(lengths, L + 1).mean()) if aligned and len(lengths) else float(L)
+        rows.append(
+            MixtureRow(
+                p.name, p.prefix, m.get("format", ""), m["docs"], m["tokens"], train_docs, train_tokens, pp,
+                None if p.cfg.weight is not None else mult, 0.0, 0.0, 0.0, m.get("format_counts", {}),
+            )
+        )  # fmt: skip
+        per_pass.append(pp)
+        mults.append(mult)
+        mean_lens.append(mean_len)
+    if all(given):
+        total = sum(p.cfg.weight for p in plans)
+        if total <= 0:
+            raise DataError("data.sources: the weights sum to 0")
+        weights, epoch = [p.cfg.weight / total for p in plans], 0
+    else:
+        weights, epoch = blend_weights(per_pass, mults)
+    S = int(cfg.train.steps) * int(cfg.train.global_batch_size)
+    token_mass = [
+        w * n for w, n in zip(weights, mean_lens)
+    ]  # tokens per sample: L packed, mean doc length aligned
+    for r, w, t in zip(rows, weights, token_mass):
+        r.weight = w
+        r.share = t / sum(token_mass)
+        r.passes = w * S / r.per_pass if r.per_pass else 0.0
+    return Mixture(rows, L, aligned, S, epoch, int(cfg.train.global_batch_size))
+
+
+def resolve_blend(cfg: Any) -> list[tuple[str, float]]:
+    """[(megatron prefix, weight)] for ``BlendedMegatronDatasetBuilder``: ``data.blend`` if given, else the
+    recipe's sources compiled from their multipliers/weights (module docstring). The builder's train size must be
+    ``train.steps * train.global_batch_size`` for multiplier N to mean N passes per mixture epoch."""
+    if cfg.data.blend:
+        out = []
+        for item in cfg.data.blend:
+            if not (os.path.isfile(item.prefix + ".bin") and os.path.isfile(item.prefix + ".idx")):
+                raise DataError(f"data.blend: no indexed dataset at {item.prefix}(.bin/.idx)")
+            out.append((item.prefix, float(item.weight)))
+        return out
+    return plan_mixture(cfg).blend()
+
+
+def format_table(mix: Mixture) -> str:
+    """The ``echo-megatron mixture`` table."""
+    head = f"{'source':<18}{'format':<12}{'docs':>10}{'tokens':>13}{'mult':>7}{'weight':>8}{'tokens%':>9}{'passes':>8}"
+    lines = [head, "-" * len(head)]
+    for r in mix.rows:
+        mult = "w" if r.multiplier is None else f"{r.multiplier:g}x"
+        fmt = (
+            next(iter(r.format_counts))
+            if len(r.format_counts) == 1
+            else ("mixed" if r.format_counts else r.format)
+        )
+        lines.append(
+            f"{r.source:<18}{fmt:<12}{r.docs:>10,}{r.tokens:>13,}{mult:>7}{r.weight:>8.3f}"
+            f"{100 * r.share:>8.1f}%{r.passes:>8.2f}"
+        )
+    lines.append("-" * len(head))
+    unit = "documents (document-aligned rows)" if mix.document_aligned else f"rows of {mix.seq_length} tokens"
+    lines.append(f"run: {mix.run_samples:,} samples = train.steps x global_batch_size, {unit}")
+    if mix.epoch_samples:
+        lines.append(
+            f"one mixture epoch (passes = multipliers): {mix.epoch_samples:,} samples = "
+            f"train.steps {mix.steps_per_epoch:,} at global_batch_size {mix.global_batch_size}; "
+            f"this run = {mix.run_samples / mix.epoch_samples:.2f} epochs"
+        )
+    return "\n".join(lines)
