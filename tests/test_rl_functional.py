@@ -1,4 +1,4 @@
-"""Unit tests of echo_megatron/rl/functional.py against hand-computed references, brute force and invariants.
+"""Unit tests of echo_megatron/rl/functional.py and rl/ei.py against hand-computed references, brute force and invariants.
 
 Every expected number below is worked out by hand in the comment next to it (or by an explicit per-sequence
 loop, for GAE), never by calling the function under test a second way.
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from echo_megatron.rl import functional as F
+from echo_megatron.rl.ei import EISample, normalize_solution, select_for_sft, sft_documents
 
 f64 = torch.float64
 
@@ -386,3 +387,58 @@ def test_losses_and_entropy_keep_nan_padding_out_of_gradients():
     close(v_loss, 0.5 * 0.5**2)  # V - V_old = 0.1 is inside the clip: 0.5 (0.5 - 1)^2
     for grad in (logp.grad, values.grad, logits.grad):
         assert torch.isfinite(grad).all()
+
+
+# ------------------------------------------------------------------------------------- Expert Iteration helpers
+
+
+def test_normalize_solution_ignores_whitespace_and_compat_forms_not_case():
+    a = "def f():\r\n    return 1 +  2\n\n\n"
+    b = "  def f():\n\treturn 1 + 2   "
+    assert normalize_solution(a) == normalize_solution(b) == "def f():\nreturn 1 + 2"
+    assert normalize_solution("ｘ = １") == "x = 1"  # NFKC: full-width forms
+    assert normalize_solution("X = 1") != normalize_solution("x = 1")
+
+
+def _samples() -> list[EISample]:
+    return [
+        EISample("Q1", "a = 2\nprint(a)", True, "code"),
+        EISample("Q1", "a = 2\n\n  print(a) ", True, "code"),  # duplicate of the first
+        EISample("Q1", "The answer is 2.", True, "nl"),
+        EISample("Q1", "The answer is 3.", False, "nl"),
+        EISample("Q2", "It is 5.", False, "nl"),
+        EISample("Q2", "<llm-code>5</llm-code>", False, "code_interp"),
+        EISample("Q3", "The answer is 2.", True, "nl"),  # same text, other question: kept
+        EISample("Q3", "x = 7", True, "code"),
+    ]
+
+
+def test_select_for_sft_filters_dedups_and_counts():
+    kept, stats = select_for_sft(_samples())
+    assert [(s.question, s.solution) for s in kept] == [
+        ("Q1", "a = 2\nprint(a)"),
+        ("Q1", "The answer is 2."),
+        ("Q3", "The answer is 2."),
+        ("Q3", "x = 7"),
+    ]
+    assert (stats.num_questions, stats.num_samples, stats.num_correct) == (3, 8, 5)
+    assert (stats.num_unique_correct, stats.num_kept, stats.num_solved) == (4, 4, 2)
+    assert stats.accuracy == 5 / 8 and stats.coverage == 2 / 3
+    assert stats.per_format["code"] == {"samples": 3, "correct": 3, "kept": 2}
+    assert stats.per_format["nl"] == {"samples": 4, "correct": 2, "kept": 2}
+    row = stats.metrics()
+    assert row["share/nl"] == 4 / 8 and row["acc/nl"] == 2 / 4 and row["acc/code_interp"] == 0.0
+    assert row["kept_share/code"] == 2 / 4 and row["share/empty"] == 0.0
+    assert row["ei/duplicates"] == 1 and row["ei/kept"] == 4 and row["ei/coverage"] == 2 / 3
+    assert sft_documents(kept[:1]) == ["Q1\n\na = 2\nprint(a)"]
+
+
+def test_select_for_sft_caps_per_question_and_handles_empty_rounds():
+    kept, stats = select_for_sft(_samples(), max_per_question=1)
+    assert [(s.question, s.solution) for s in kept] == [("Q1", "a = 2\nprint(a)"), ("Q3", "The answer is 2.")]
+    assert stats.num_unique_correct == 4 and stats.num_kept == 2
+    with pytest.raises(ValueError, match="ei_max_per_question must be >= 1"):
+        select_for_sft(_samples(), max_per_question=0)
+    kept, stats = select_for_sft([EISample("Q", "wrong", False)])
+    assert kept == [] and stats.coverage == 0.0 and stats.metrics()["kept_share/other"] == 0.0
+    assert select_for_sft([])[1].metrics()["accuracy"] == 0.0
