@@ -160,7 +160,7 @@ def grpo_advantages(
     ``scale_by_std=False`` keeps only the centring, A_i = r_i - mean_g(r): Dr. GRPO (Liu et al. 2025,
     "Understanding R1-Zero-Like Training", arXiv 2503.20783), which shows the std division up-weights
     too-easy and too-hard prompts. ``unbiased_std`` uses Bessel's correction (``torch.std``). A group whose
-    rewards are all equal (or of size one) gets A = 0 exactly, also with eps = 0.
+    rewards are all equal (or of size one) gets A = 0 (std 0 is not divided by, so eps = 0 is allowed).
     """
     mean, std = group_mean_std(scores, groups, unbiased=unbiased_std)
     centred = scores - mean
