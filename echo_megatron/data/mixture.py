@@ -114,7 +114,7 @@ def _check_tokenizer(cfg: Any, name: str, manifest: dict) -> None:
 
 def plan_mixture(cfg: Any) -> Mixture:
     """The mixture of ``cfg`` from the preprocess manifests in ``cfg.data.indexed_dir`` (see module docstring)."""
-    plans = plan_sources(cfg)
+    plans = plan_sources(cfg)  # a source with multiplier (or weight) 0 is left out and need not be preprocessed
     given = [p.cfg.weight is not None for p in plans]
     if any(given) and not all(given):
         named = [p.name for p, g in zip(plans, given) if g]
@@ -123,6 +123,9 @@ def plan_mixture(cfg: Any) -> Mixture:
         )
     L = int(cfg.model.seq_length)
     aligned = bool(cfg.data.document_aligned)
+    plans = [p for p in plans if (p.cfg.multiplier if p.cfg.weight is None else p.cfg.weight) != 0]
+    if not plans:
+        raise DataError("data.sources: every source has multiplier (or weight) 0")
     rows, per_pass, mults, mean_lens = [], [], [], []
     for p in plans:
         m = read_manifest(p.prefix)

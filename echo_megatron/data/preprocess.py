@@ -45,6 +45,10 @@ VERSION = 1  # bump when the document or file layout changes (forces a rebuild)
 MAX_BAD_EXAMPLES = 5
 
 
+class SourceUnavailable(DataError):
+    """A hub source that cannot be opened here (no network, unknown id): skipped unless ``strict``."""
+
+
 @dataclass
 class SourcePlan:
     name: str
@@ -80,7 +84,7 @@ class SourcePlan:
         try:
             return iter_hub(hf_id, config, split, revision, data_files)
         except Exception as e:  # no network, unknown dataset, ...
-            raise DataError(
+            raise SourceUnavailable(
                 f"data.sources.{self.name}: cannot load hub dataset {self.describe()} ({type(e).__name__}: {e}); "
                 f"set data.sources.{self.name}.path to a local jsonl/json/parquet copy"
             ) from e
@@ -181,11 +185,20 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 # -- the main side --------------------------------------------------------------------------------------------
 def preflight(plan: SourcePlan, on_bad_record: str) -> None:
-    """Fail now if a local source has no usable document (bad records raise here too unless skipped)."""
-    if not plan.local:
-        return
+    """Fail now if a source has no usable document (bad records raise here too unless skipped); a hub source
+    that cannot be opened raises :class:`SourceUnavailable`."""
     seen = 0
-    for where, payload in plan.records():
+    records = plan.records()
+    if not plan.local:
+        try:
+            first = next(records, None)
+        except Exception as e:  # the stream opens lazily: network and dataset errors surface here
+            raise SourceUnavailable(
+                f"data.sources.{plan.name}: cannot read hub dataset {plan.describe()} ({type(e).__name__}: {e}); "
+                f"set data.sources.{plan.name}.path to a local jsonl/json/parquet copy"
+            ) from e
+        records = iter([first] if first is not None else [])
+    for where, payload in records:
         seen += 1
         docs, _, _ = documents_of_chunk([(where, payload)], plan.spec, plan.name, on_bad_record)
         if docs:
@@ -319,15 +332,29 @@ def write_source(
     return manifest
 
 
-def preprocess(cfg: Any, force: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Preprocess every source of ``cfg`` (checked first); the manifests, in recipe order."""
+def preprocess(
+    cfg: Any, force: bool = False, strict: bool = False, log: Callable[[str], None] = print
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Preprocess every source of ``cfg`` (all checked first): (manifests in recipe order, skipped sources).
+
+    A hub source that cannot be opened here is skipped with a message (an error when ``strict``); the mixture
+    and ``resolve_blend`` refuse a recipe whose sources are not all preprocessed, so nothing trains on less.
+    """
     plans = plan_sources(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     on_bad = cfg.data.on_bad_record
+    ready, skipped = [], []
     for plan in plans:
-        preflight(plan, on_bad)
+        try:
+            preflight(plan, on_bad)
+            ready.append(plan)
+        except SourceUnavailable as e:
+            if strict:
+                raise
+            log(f"{plan.name}: skipped: {e}")
+            skipped.append(plan.name)
     manifests = []
-    for plan in plans:
+    for plan in ready:
         revision = plan.revision()
         fp = fingerprint(plan, tokenizer, on_bad, revision)
         if not force and is_up_to_date(plan.prefix, fp):
@@ -341,4 +368,4 @@ def preprocess(cfg: Any, force: bool = False, log: Callable[[str], None] = print
             f"({m['tokens_per_s']:,.0f} tokens/s, {cfg.data.num_workers} workers){bad} -> {plan.prefix}.bin"
         )
         manifests.append(m)
-    return manifests
+    return manifests, skipped

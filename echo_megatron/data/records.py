@@ -94,12 +94,34 @@ def iter_local(path: str, source: str) -> Iterator[Record]:
 
 
 def iter_hub(hf_id: str, hf_config: str | None, split: str, revision: str | None, data_files: str | None):
+    if not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # fail fast (or read the local cache) instead of retrying for 25 s
     kwargs: dict[str, Any] = {"split": split}
     if revision:
         kwargs["revision"] = revision
     if data_files:
         kwargs["data_files"] = data_files
     return _iter_datasets(hf_id, hf_id, hf_config, **kwargs)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF hub answers a TCP connect (offline mode counts as unreachable; cached data still loads)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in (
+        "0",
+        "",
+    ):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def fingerprint_local(path: str, source: str) -> str:
