@@ -21,13 +21,28 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    task: str = "gsm8k"  # gsm8k | math | testbed
-    sandbox_workers: int = 2
-    timeout_s: float = 3.0
-    memory_mb: int = 1024
-    last_number_fallback: bool = True
+    """Verifiable rewards (``rewards:`` section): see echo_megatron/rewards/ (score, sandbox, worker)."""
+
+    task: str = "gsm8k"  # gsm8k | math | testbed | aime | amc
+    sandbox_workers: int = 2  # pre-forked sandbox worker processes
+    timeout_s: float = 3.0  # wall-clock limit per program (CPU rlimit = ceil of it)
+    memory_mb: int = 1024  # address space a program may add on top of the interpreter
+    max_output_bytes: int = 65536  # stdout+stderr cap per program (also its file-size rlimit)
+    last_number_fallback: bool = True  # nl answers: take the last number when there is no final answer
+    rel_tol: float = 1e-6  # numeric answers: |a - b| <= rel_tol * max(|a|, |b|)
     correct_reward: float = 1.0
     wrong_reward: float = 0.0
+    sandbox_namespaces: bool = True  # new network + mount namespaces where the process may create them
+    sandbox_privdrop: bool = True  # as root: run programs under a per-worker uid (sandbox_uid + worker index)
+    sandbox_seccomp: bool = True  # libseccomp deny list (no fork/exec/sockets/file writes)
+    sandbox_uid: int = 61000
+    sandbox_preload: list[str] = field(
+        default_factory=lambda: [
+            "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
+            "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator", "numpy", "sympy",
+            "math_verify",
+        ]
+    )  # fmt: skip
 
 
 @dataclass

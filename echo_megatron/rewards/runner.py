@@ -1,0 +1,235 @@
+"""What a sandboxed child does with one job: run model code (or a math-verify comparison) and describe the result.
+
+Runs inside the forked, rlimited, seccomp-filtered child (see ``worker.py``); nothing here is a security
+boundary. A job is a dict:
+
+    {"kind": "function", "code": str}      TinyGSM: exec the program, then call ``simple_math_problem()``
+                                           (else the last zero-argument function, else a global ``result``,
+                                           else the last printed line)
+    {"kind": "notebook", "blocks": [str]}  OMI1: run the ``<llm-code>`` blocks in order in one namespace, like the
+                                           interpreter session that produced them (an earlier block's error does
+                                           not stop later ones); the answer is the last block's value of its
+                                           last expression, else its last printed line
+    {"kind": "verify", "gold": str, "pred": str}   math-verify equality (a fresh child that ran no model code)
+
+The reply is ``{"value": str | None, "equal": bool | None, "error": kind | None, "detail": str}``.
+A program that does not compile is retried on its longest compilable prefix of lines (a generation that kept
+going after ``return result``), as long as that prefix still defines the function it needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import errno
+import io
+import sys
+
+MAX_VALUE_CHARS = 1000
+MAX_PREFIX_TRIES = 200
+FORBIDDEN_ERRNOS = {
+    errno.EPERM,
+    errno.EACCES,
+    errno.EAGAIN,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.EROFS,
+    errno.EFBIG,
+}
+
+
+class OutputLimit(BaseException):
+    """Raised by the captured stdout/stderr once the program has written more than its cap."""
+
+
+class CappedOutput(io.TextIOBase):
+    """A write-only text stream that keeps at most ``cap`` characters and raises OutputLimit beyond them."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[str] = []
+        self.size = 0
+        self.overflow = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        s = str(s)
+        if self.size + len(s) > self.cap:
+            self.overflow = True
+            raise OutputLimit(f"output over {self.cap} characters")
+        self.parts.append(s)
+        self.size += len(s)
+        return len(s)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The error kind of an exception raised by model code (see ``score.ERROR_KINDS``)."""
+    if isinstance(exc, OutputLimit):
+        return "output"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
+        return "exit"
+    if isinstance(exc, OSError) and (isinstance(exc, PermissionError) or exc.errno in FORBIDDEN_ERRNOS):
+        return "forbidden"
+    if isinstance(exc, RuntimeError) and "new thread" in _safe_str(exc):
+        return "forbidden"
+    if isinstance(exc, SyntaxError):
+        return "syntax"
+    return "exception"
+
+
+def _safe_str(obj: object, limit: int = MAX_VALUE_CHARS) -> str:
+    try:
+        return str(obj)[:limit]
+    except BaseException:  # a hostile __str__, or an int too long to print
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def _detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_safe_str(exc, 300)}"
+
+
+def compile_prefix(source: str, needs: str | None = None):
+    """Compile ``source``; if that fails, its longest prefix of whole lines that compiles (and still contains
+    ``needs``). Returns ``(ast.Module, None)`` or ``(None, "SyntaxError: ...")``."""
+    try:
+        return ast.parse(source), None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        first_error = _detail(e)
+    lines = source.split("\n")
+    for k in range(len(lines) - 1, max(0, len(lines) - 1 - MAX_PREFIX_TRIES), -1):
+        prefix = "\n".join(lines[:k])
+        if needs is not None and needs not in prefix:
+            break
+        try:
+            return ast.parse(prefix), None
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+    return None, first_error
+
+
+def _value_text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = _safe_str(value).strip()
+    return text or None
+
+
+def _last_line(text: str) -> str | None:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:MAX_VALUE_CHARS] if lines else None
+
+
+def _reply(value=None, error=None, detail="", equal=None) -> dict:
+    return {"value": value, "error": error, "detail": detail, "equal": equal}
+
+
+def _exec_tree(tree: ast.Module, namespace: dict, filename: str):
+    """Run a module; if its last statement is an expression, return that expression's value (like a notebook)."""
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec"), namespace)
+    return eval(compile(last, filename, "eval"), namespace) if last is not None else None
+
+
+def run_function(code: str, out: CappedOutput) -> dict:
+    """TinyGSM: exec the program and call its solution function."""
+    tree, err = compile_prefix(code, needs="def " if "def " in code else None)
+    if tree is None:
+        return _reply(error="syntax", detail=err or "")
+    ns: dict = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(tree, "<solution>", "exec"), ns)
+        fn = ns.get("simple_math_problem")
+        if not callable(fn):
+            zero_arg = [
+                node.name
+                for node in tree.body
+                if isinstance(node, ast.FunctionDef) and not node.args.args and not node.args.posonlyargs
+            ]
+            fn = ns.get(zero_arg[-1]) if zero_arg else None
+        if callable(fn):
+            value = fn()
+        else:
+            value = ns.get("result")
+        text = _value_text(value)
+    except BaseException as e:
+        return _reply(error="output" if out.overflow else error_kind(e), detail=_detail(e))
+    if out.overflow:
+        return _reply(error="output", detail="output limit")
+    if text is None:
+        text = _last_line(out.text())
+    if text is None:
+        return _reply(error="no_answer", detail="the program returned None and printed nothing")
+    return _reply(value=text)
+
+
+def run_notebook(blocks: list[str], out: CappedOutput) -> dict:
+    """OMI1: run the code blocks as one interpreter session; answer from the last block."""
+    if not blocks:
+        return _reply(error="no_answer", detail="no <llm-code> block")
+    ns: dict = {"__name__": "__main__", "__builtins__": builtins}
+    text, start = None, 0
+    for i, block in enumerate(blocks):
+        is_last = i == len(blocks) - 1
+        start = out.size
+        tree, err = compile_prefix(block)
+        if tree is None:
+            if is_last:
+                return _reply(error="syntax", detail=err or "")
+            continue
+        try:
+            value = _exec_tree(tree, ns, f"<llm-code {i}>")
+            text = _value_text(value) if is_last else None
+        except BaseException as e:
+            if out.overflow:
+                return _reply(error="output", detail="output limit")
+            if is_last:
+                return _reply(error=error_kind(e), detail=_detail(e))
+            continue
+    if out.overflow:
+        return _reply(error="output", detail="output limit")
+    if text is None:
+        text = _last_line(out.text()[start:])
+    if text is None:
+        return _reply(
+            error="no_answer", detail="the last block printed nothing and ended without an expression"
+        )
+    return _reply(value=text)
+
+
+def run_verify(gold: str, pred: str) -> dict:
+    from echo_megatron.rewards.equivalence import math_verify_equal
+
+    try:
+        return _reply(equal=math_verify_equal(gold, pred))
+    except BaseException as e:
+        return _reply(error="verify", detail=_detail(e), equal=False)
+
+
+def run_job(job: dict, max_output_chars: int) -> dict:
+    """Dispatch one job with stdout/stderr captured and capped (never raises)."""
+    out = CappedOutput(max_output_chars)
+    sys.stdout = sys.stderr = out
+    try:
+        kind = job.get("kind")
+        if kind == "function":
+            return run_function(str(job.get("code", "")), out)
+        if kind == "notebook":
+            return run_notebook([str(b) for b in job.get("blocks", [])], out)
+        if kind == "verify":
+            return run_verify(str(job.get("gold", "")), str(job.get("pred", "")))
+        return _reply(error="sandbox", detail=f"unknown job kind {kind!r}")
+    except BaseException as e:  # e.g. OutputLimit raised while formatting a reply
+        return _reply(error="output" if out.overflow else error_kind(e), detail=_detail(e))
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

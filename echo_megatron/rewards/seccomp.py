@@ -1,0 +1,136 @@
+"""A seccomp-bpf deny list for sandboxed programs, built with libseccomp (through ctypes, no extra package).
+
+The sandbox child loads this filter just before it runs model code. Every listed system call kills the whole
+process with SIGSYS (``SCMP_ACT_KILL_PROCESS``), so a hostile program cannot catch the failure and carry on: the
+worker sees the signal and reports the error kind ``forbidden``. Denied:
+
+- new processes and threads (clone/clone3/fork/vfork), execve, signals to other processes (kill/tkill/tgkill);
+- networking: socket, socketpair;
+- every write to the file system: open/openat with O_WRONLY, O_RDWR, O_CREAT or O_TRUNC, creat, openat2,
+  mkdir, rename, link, symlink, unlink, mknod, chmod, chown, truncate, xattrs, utime;
+- raising limits or changing identity: setrlimit, prlimit64 with a new limit, setuid & co, capset;
+- escapes and kernel surface: ptrace, process_vm_*, mount & co, unshare, setns, chroot, io_uring, bpf,
+  userfaultfd, perf_event_open, keyrings, modules, SysV IPC creation, TIOCSTI.
+
+Reading files, computing, allocating (bounded by RLIMIT_AS) and writing to already-open descriptors stay allowed.
+System calls of another ABI (i386 on x86_64) are killed by libseccomp's bad-arch action. When libseccomp is
+missing the filter is unavailable and the sandbox reports it (``SandboxPool.isolation``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+ACT_KILL_PROCESS = 0x80000000
+ACT_KILL_THREAD = 0x00000000
+ACT_ALLOW = 0x7FFF0000
+CMP_NE = 1
+CMP_EQ = 4
+CMP_MASKED_EQ = 7
+TIOCSTI = 0x5412
+
+DENY: tuple[str, ...] = (
+    # processes, threads, programs, signals to others
+    "clone", "clone3", "fork", "vfork", "execve", "execveat",
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
+    # network
+    "socket", "socketpair",
+    # file system writes (open/openat are filtered by flags below)
+    "creat", "openat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat",
+    "renameat2", "link", "linkat", "symlink", "symlinkat", "mknod", "mknodat", "chmod", "fchmod",
+    "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "utime", "utimes",
+    "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+    "fremovexattr", "name_to_handle_at", "open_by_handle_at", "memfd_create", "mq_open",
+    # limits and identity
+    "setrlimit", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
+    "setfsuid", "setfsgid", "capset", "personality",
+    # escapes and kernel attack surface
+    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "move_mount", "fsopen",
+    "fsmount", "fspick", "open_tree", "mount_setattr", "unshare", "setns", "chroot", "pivot_root",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "userfaultfd", "perf_event_open",
+    "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl", "iopl", "ioperm",
+    "shmget", "semget", "msgget", "fanotify_init", "inotify_init", "inotify_init1",
+)  # fmt: skip
+WRITE_FLAGS: tuple[int, ...] = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+class SeccompUnavailable(RuntimeError):
+    pass
+
+
+def _load_libseccomp() -> ctypes.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as e:
+        raise SeccompUnavailable(f"libseccomp not found ({e})") from e
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.restype = ctypes.c_int
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
+    lib.seccomp_load.restype = ctypes.c_int
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.restype = None
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class DenyFilter:
+    """A prepared (not yet loaded) filter. Build it once in the worker; ``load()`` in each forked child."""
+
+    def __init__(self) -> None:
+        self._lib = _load_libseccomp()
+        self._ctx = self._lib.seccomp_init(ACT_ALLOW)
+        if not self._ctx:
+            raise SeccompUnavailable("seccomp_init failed")
+        self.action = ACT_KILL_PROCESS
+        self.denied: list[str] = []
+        for name in DENY:
+            self._rule(name)
+        for flag in WRITE_FLAGS:  # open(path, flags) / openat(dirfd, path, flags)
+            self._rule("open", _ArgCmp(1, CMP_MASKED_EQ, flag, flag))
+            self._rule("openat", _ArgCmp(2, CMP_MASKED_EQ, flag, flag))
+        self._rule("prlimit64", _ArgCmp(2, CMP_NE, 0, 0))  # setting a limit; reading one (NULL) is fine
+        self._rule("ioctl", _ArgCmp(1, CMP_EQ, TIOCSTI, 0))  # typing into a terminal
+        for needed in ("socket", "clone", "execve", "openat"):
+            if needed not in self.denied:
+                raise SeccompUnavailable(f"could not add a rule for {needed}")
+
+    def _rule(self, name: str, *cmps: _ArgCmp) -> None:
+        nr = self._lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:  # no such system call on this architecture
+            return
+        arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
+        rc = self._lib.seccomp_rule_add_array(self._ctx, self.action, nr, len(cmps), arr)
+        if rc < 0 and self.action == ACT_KILL_PROCESS and not self.denied:
+            self.action = ACT_KILL_THREAD  # libseccomp < 2.4 / kernel < 4.14; the child is single-threaded
+            rc = self._lib.seccomp_rule_add_array(self._ctx, self.action, nr, len(cmps), arr)
+        if rc == 0 and name not in self.denied:
+            self.denied.append(name)
+
+    def load(self) -> None:
+        """Install the filter in the calling process (sets no_new_privs). Irreversible."""
+        rc = self._lib.seccomp_load(self._ctx)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_load failed: {os.strerror(-rc)}")

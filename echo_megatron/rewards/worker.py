@@ -1,0 +1,394 @@
+"""A sandbox worker: a long-lived process that forks one hardened child per program.
+
+Started by ``SandboxPool`` as ``python -m echo_megatron.rewards.worker`` with a clean environment and its own
+session; it speaks length-prefixed JSON frames on stdin/stdout. The worker itself never runs model code, so it
+stays clean; every program gets a fresh fork, which is killed (whole process group, SIGKILL) on any violation.
+
+Isolation, set up once per worker (``enter_namespaces``):
+    root      unshare(CLONE_NEWNET | CLONE_NEWNS): a network namespace with only a loopback that is down, and a
+              private mount namespace where /tmp, /var/tmp and /dev/shm are bind mounts of the worker's own
+              directory (so "/tmp" writes stay in the sandbox dir even without seccomp).
+    non-root  the same inside a new user namespace where the kernel allows one; otherwise none (reported).
+Then per program, in the child (``child_main``), in this order:
+    setsid; stdin/stdout/stderr -> /dev/null, every other descriptor closed but the result pipe (fd 3); cwd = a
+    fresh directory (mode 700, owned by the sandbox uid, removed afterwards); environment emptied (HOME and
+    TMPDIR = that directory); rlimits CPU = ceil(timeout) s (hard +1), AS = current size + memory_mb,
+    FSIZE = output cap, NOFILE = 64, NPROC = 0, CORE = 0; as root, drop to a per-worker uid/gid with no
+    supplementary groups (so the hard limits cannot be raised, NPROC applies, other users' files and processes
+    are out of reach); parent-death signal SIGKILL; the seccomp deny list (``seccomp.py``); then the job
+    (``runner.py``) with stdout/stderr captured and capped.
+The worker waits for the result with a wall-clock deadline (default 3 s) and a cap on the bytes it reads; past
+either it SIGKILLs the child. The child's exit status becomes the error kind (SIGSYS -> forbidden, SIGXCPU ->
+cpu, SIGSEGV -> crash, ...).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from echo_megatron.rewards.protocol import encode_frame, read_frame, write_all
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+EXIT_SETUP_FAILED = 121
+NOFILE_LIMIT = 64
+READ_SLACK = 64 << 10  # bytes of JSON framing allowed on top of the output cap
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# --- isolation set up once per worker ---------------------------------------------------------------------
+def _sys(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def enter_namespaces(base: str) -> dict:
+    """New network + mount namespaces (via a user namespace when not root); /tmp & co -> ``base``."""
+    info = {"netns": False, "mountns": False, "userns": False, "private_tmp": False, "notes": []}
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        if os.geteuid() == 0:
+            _sys(_libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare(NEWNET|NEWNS)")
+        else:
+            _sys(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS), "unshare(NEWUSER|NEWNET|NEWNS)")
+            info["userns"] = True
+            for path, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                with open(f"/proc/self/{path}", "w") as f:
+                    f.write(text)
+        info["netns"] = info["mountns"] = True
+    except OSError as e:
+        info["notes"].append(f"no namespaces ({e}); network is blocked by seccomp only")
+        return info
+    try:
+        _sys(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        if os.geteuid() == 0:
+            info["exposed"] = expose_python(base)
+        for target in ("/var/tmp", "/dev/shm", "/tmp"):  # /tmp last: binding it hides ``base``'s path
+            if os.path.isdir(target):
+                _sys(
+                    _libc.mount(base.encode(), target.encode(), None, MS_BIND | MS_REC, None),
+                    f"bind {target}",
+                )
+        info["private_tmp"] = True
+    except OSError as e:
+        info["notes"].append(f"no private /tmp ({e})")
+    return info
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The first directory on the way to ``path`` that other users cannot traverse, or None."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        d = "/" + "/".join(parts[:i])
+        st = os.stat(d)
+        if (st.st_mode & 0o040000) and not st.st_mode & 0o001:
+            return d
+    return None
+
+
+def expose_python(base: str) -> list[str]:
+    """Let a dropped uid import from this Python even when it lives under a private directory (pyenv in /root).
+
+    For each such directory A (mode 700), the Python paths below it are bind-mounted to a staging point in
+    ``base``, a tmpfs (mode 755) is mounted over A, and the mounts are moved back to their paths inside it:
+    the sandbox sees the interpreter and its packages there, and nothing else of A.
+    """
+    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
+    paths = sorted({os.path.realpath(p) for p in wanted if p and os.path.isabs(p) and os.path.exists(p)})
+    paths = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
+    blocked: dict[str, list[str]] = {}
+    for p in paths:
+        a = _blocked_ancestor(p)
+        if a is not None and a != p:
+            blocked.setdefault(a, []).append(p)
+    exposed = []
+    for a, inside in blocked.items():
+        stages = []
+        for p in inside:
+            stage = tempfile.mkdtemp(prefix=".stage-", dir=base)
+            _sys(_libc.mount(p.encode(), stage.encode(), None, MS_BIND | MS_REC, None), f"bind {p}")
+            stages.append(stage)
+        _sys(_libc.mount(b"tmpfs", a.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755"), f"tmpfs on {a}")
+        for p, stage in zip(inside, stages):
+            os.makedirs(p, mode=0o755, exist_ok=True)
+            _sys(_libc.mount(stage.encode(), p.encode(), None, MS_MOVE, None), f"move to {p}")
+            os.rmdir(stage)
+            exposed.append(p)
+    return exposed
+
+
+def vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Worker:
+    def __init__(self, init: dict) -> None:
+        self.timeout_s = float(init["timeout_s"])
+        self.memory_bytes = int(init["memory_mb"]) << 20
+        self.max_output = int(init["max_output_bytes"])
+        self.base = init["base"]
+        self.pid = os.getpid()
+        self.isolation: dict = {"notes": []}
+        if init.get("namespaces", True):
+            self.isolation = enter_namespaces(self.base)
+        else:
+            self.isolation["notes"].append("namespaces disabled by config")
+        self.tmp_root = "/tmp" if self.isolation.get("private_tmp") else self.base
+        self.uid = None
+        if init.get("privdrop", True) and os.geteuid() == 0 and not self.isolation.get("userns"):
+            self.uid = int(init["uid"])
+        self.isolation["privdrop"] = self.uid is not None
+        self.preloaded, failed = [], []
+        for name in init.get("preload", []):
+            try:
+                importlib.import_module(name)
+                self.preloaded.append(name)
+            except Exception as e:  # an optional library that is not installed
+                failed.append(f"{name}: {type(e).__name__}")
+        importlib.import_module("echo_megatron.rewards.runner")
+        self.filter = None
+        if init.get("seccomp", True):
+            try:
+                from echo_megatron.rewards.seccomp import DenyFilter
+
+                self.filter = DenyFilter()
+            except Exception as e:
+                self.isolation["notes"].append(f"no seccomp ({e})")
+        else:
+            self.isolation["notes"].append("seccomp disabled by config")
+        self.isolation["seccomp"] = self.filter is not None
+        if failed:
+            self.isolation["notes"].append("not preloaded: " + ", ".join(failed))
+        gc.collect()
+        gc.freeze()  # keep the children's copy-on-write pages shared
+
+    # --- the forked child ---------------------------------------------------------------------------------
+    def child_main(self, job: dict, w: int, rundir: str) -> None:
+        """Runs in the fork: harden, run the job, write the reply to fd 3, _exit. Never returns."""
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.dup2(w, 3)
+            os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            os.chdir(rundir)
+            os.environ.clear()
+            os.environ.update(HOME=rundir, TMPDIR=rundir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
+            tempfile.tempdir = rundir
+            cpu = max(1, math.ceil(self.timeout_s))
+            limits = [
+                (resource.RLIMIT_CPU, cpu, cpu + 1),
+                (resource.RLIMIT_AS, vm_size_bytes() + self.memory_bytes, None),
+                (resource.RLIMIT_FSIZE, self.max_output, None),
+                (resource.RLIMIT_NOFILE, NOFILE_LIMIT, None),
+                (resource.RLIMIT_NPROC, 0, None),
+                (resource.RLIMIT_CORE, 0, None),
+            ]
+            for res, soft, hard in limits:
+                resource.setrlimit(res, (soft, soft if hard is None else hard))
+            if self.uid is not None:
+                os.setgroups([])
+                os.setresgid(self.uid, self.uid, self.uid)
+                os.setresuid(self.uid, self.uid, self.uid)
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+            if os.getppid() != self.pid:
+                os._exit(EXIT_SETUP_FAILED)
+            if self.filter is not None:
+                self.filter.load()
+        except BaseException as e:
+            msg = {"value": None, "equal": None, "error": "sandbox", "detail": f"child setup: {e!r}"}
+            try:
+                write_all(3, json.dumps(msg).encode())
+            finally:
+                os._exit(EXIT_SETUP_FAILED)
+        from echo_megatron.rewards.runner import run_job
+
+        reply = run_job(job, self.max_output)
+        try:
+            write_all(3, json.dumps(reply).encode())
+        finally:
+            os._exit(0)
+
+    # --- the worker side of one program -------------------------------------------------------------------
+    def run(self, job: dict) -> dict:
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout_s
+        rundir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
+        if self.uid is not None:
+            os.chown(rundir, self.uid, self.uid)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                self.child_main(job, w, rundir)
+            finally:
+                os._exit(EXIT_SETUP_FAILED)
+        os.close(w)
+        try:
+            data, why = self._collect(r, deadline)
+        finally:
+            os.close(r)
+        status, rusage, why = self._reap(pid, deadline, why)
+        shutil.rmtree(rundir, ignore_errors=True)
+        reply = self._interpret(data, status, rusage, why)
+        reply["elapsed"] = time.perf_counter() - t0
+        return reply
+
+    def _collect(self, r: int, deadline: float) -> tuple[bytes, str | None]:
+        """Read the reply until EOF; stop at the deadline ("timeout") or past the byte cap ("output")."""
+        chunks, size, cap = [], 0, self.max_output * 4 + READ_SLACK  # JSON may escape each char
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or not select.select([r], [], [], remaining)[0]:
+                return b"".join(chunks), "timeout"
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                return b"".join(chunks), None
+            size += len(chunk)
+            if size > cap:
+                return b"".join(chunks), "output"
+            chunks.append(chunk)
+
+    def _reap(self, pid: int, deadline: float, why: str | None):
+        """Wait for the child until the deadline, SIGKILL it (and its group) if needed; (status, rusage, why)."""
+        if why is None:
+            done = self._wait_until(pid, deadline)
+            if done is not None:
+                return (*done, None)
+            why = "timeout"
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _, status, rusage = os.wait4(pid, 0)
+        return status, rusage, why
+
+    @staticmethod
+    def _wait_until(pid: int, deadline: float):
+        """(status, rusage) once the child has exited, or None at the deadline (pidfd, else 1 ms polling)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # Linux < 5.3
+            while True:
+                got, status, rusage = os.wait4(pid, os.WNOHANG)
+                if got == pid:
+                    return status, rusage
+                if time.perf_counter() >= deadline:
+                    return None
+                time.sleep(0.001)
+        try:
+            remaining = max(0.0, deadline - time.perf_counter())
+            if not select.select([pidfd], [], [], remaining)[0]:
+                return None
+        finally:
+            os.close(pidfd)
+        _, status, rusage = os.wait4(pid, 0)
+        return status, rusage
+
+    def _interpret(self, data: bytes, status: int, rusage, why: str | None) -> dict:
+        def err(kind: str, detail: str) -> dict:
+            return {"value": None, "equal": None, "error": kind, "detail": detail}
+
+        if why == "timeout":
+            return err("timeout", f"no result within {self.timeout_s:g} s (killed)")
+        if why == "output":
+            return err("output", "the program wrote past the output cap (killed)")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            if sig == signal.SIGSYS:
+                return err("forbidden", "a forbidden system call (seccomp)")
+            cpu = rusage.ru_utime + rusage.ru_stime
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= math.ceil(self.timeout_s)):
+                return err("cpu", f"CPU limit ({cpu:.1f} s)")
+            if sig in CRASH_SIGNALS:
+                return err("crash", f"killed by {name}")
+            return err("killed", f"killed by {name}")
+        code = os.WEXITSTATUS(status)
+        try:
+            reply = json.loads(data) if data else None
+        except ValueError:
+            reply = None
+        if code == EXIT_SETUP_FAILED and isinstance(reply, dict) and reply.get("error") == "sandbox":
+            return err("sandbox", str(reply.get("detail", ""))[:300])
+        if code != 0 or not isinstance(reply, dict) or not {"value", "error", "equal"} <= set(reply):
+            return err("exit", f"the process ended (status {code}) without a valid result")
+        return {
+            "value": None if reply["value"] is None else str(reply["value"])[:1000],
+            "equal": reply["equal"] if isinstance(reply["equal"], bool) else None,
+            "error": None if reply["error"] is None else str(reply["error"])[:40],
+            "detail": str(reply.get("detail", ""))[:300],
+        }
+
+
+def main() -> int:
+    proto_in, proto_out = os.dup(0), os.dup(1)  # non-inheritable copies; 0/1 then point at /dev/null
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.dont_write_bytecode = True
+    try:
+        init = read_frame(proto_in)
+        if init is None:
+            return 0
+        worker = Worker(init)
+    except BaseException as e:
+        write_all(proto_out, encode_frame({"type": "fatal", "detail": f"{type(e).__name__}: {e}"}))
+        return 1
+    ready = {"type": "ready", "pid": worker.pid, "isolation": worker.isolation, "preloaded": worker.preloaded}
+    write_all(proto_out, encode_frame(ready))
+    while True:
+        job = read_frame(proto_in)
+        if job is None:
+            return 0
+        try:
+            reply = worker.run(job)
+        except Exception as e:  # a worker-side failure (e.g. no space for the run dir): report, keep serving
+            reply = {
+                "value": None,
+                "equal": None,
+                "error": "sandbox",
+                "detail": f"worker: {e!r}",
+                "elapsed": 0.0,
+            }
+        reply["type"], reply["id"] = "result", job.get("id")
+        write_all(proto_out, encode_frame(reply))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
