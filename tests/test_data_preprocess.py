@@ -1,0 +1,122 @@
+"""Preprocess: .bin/.idx round trip, prompt-length sidecar, idempotence, rebuilds, workers-invariance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from test_data_common import REPO
+
+from echo_megatron.config import load_config
+from echo_megatron.data.preprocess import preprocess, prompt_len_path
+from echo_megatron.data.records import iter_local, parse_json_line
+from echo_megatron.data.sources import get_spec, make_document
+from echo_megatron.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+SAMPLES = REPO.parent / "shared" / "data" / "sft_samples"
+OLMO = REPO.parent / "shared" / "data" / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+
+
+def sample_cfg(idx, *overrides, tok=OLMO):
+    return load_config(
+        str(REPO / "recipes" / "paper" / "150m_tg+omi2.yaml"),
+        [
+            f"data.indexed_dir={idx}", f"data.tokenizer.path={tok}", "data.num_workers=2", "data.chunk_docs=64",
+            "data.sources.finemath.multiplier=0", "data.sources.algebraic_stack.multiplier=0",
+            f"data.sources.finemath.path={SAMPLES / 'openmathinstruct2_sample1000.jsonl'}",
+            "data.sources.finemath.max_docs=50", "data.sources.finemath.type=omi2",
+            f"data.sources.algebraic_stack.path={SAMPLES / 'openmathinstruct1_sample100.jsonl'}",
+            "data.sources.algebraic_stack.type=omi1",
+            f"data.sources.tinygsm.path={SAMPLES / 'tinygsm_style_gpt41_sample1000.jsonl'}",
+            f"data.sources.omi2.path={SAMPLES / 'openmathinstruct2_sample1000.jsonl'}",
+            *overrides,
+        ],
+    )  # fmt: skip
+
+
+def documents(source, path, type_=None):
+    spec = get_spec(source, type_)
+    docs = (
+        make_document(spec, parse_json_line(line, w), source, w) for w, line in iter_local(str(path), source)
+    )
+    return [d for d in docs if d is not None]
+
+
+def test_round_trip_detokenizes_to_the_documents_with_prompt_lengths(tmp_path):
+    cfg = sample_cfg(tmp_path)
+    manifests, skipped = preprocess(cfg, log=lambda s: None)
+    assert skipped == [] and [m["source"] for m in manifests] == [
+        "algebraic_stack",
+        "finemath",
+        "tinygsm",
+        "omi2",
+    ]
+    tok = load_tokenizer(cfg.data.tokenizer)
+    for m, (source, file, type_) in zip(manifests[2:], [("tinygsm", "tinygsm_style_gpt41_sample1000", None),
+                                                        ("omi2", "openmathinstruct2_sample1000", None)]):  # fmt: skip
+        docs = documents(source, SAMPLES / f"{file}.jsonl", type_)
+        prefix = str(tmp_path / source)
+        ds = IndexedDataset(prefix)
+        plens = np.load(prompt_len_path(prefix))
+        assert len(ds) == len(docs) == m["docs"] == len(plens)
+        assert m["tokens"] == int(ds.sequence_lengths.sum())
+        assert m["tokenizer"]["hash"] == tok.hash and m["format_counts"] == {m["format"]: len(docs)}
+        for i in range(len(docs)):
+            ids = ds[i].tolist()
+            assert ids[-1] == tok.eod and tok.eod not in ids[:-1]
+            assert tok.decode(ids[:-1]) == docs[i].text
+            assert tok.decode(ids[: plens[i]]) == docs[i].prompt
+    assert manifests[1]["docs"] == 50  # max_docs
+    assert manifests[0]["filtered_out"] == 100 - manifests[0]["docs"]  # OMI1 keeps correct solutions only
+
+
+def test_idempotent_then_rebuilds_on_a_changed_tokenizer_or_input(tmp_path):
+    cfg = sample_cfg(tmp_path / "idx", "data.sources.tinygsm.max_docs=100", "data.sources.omi2.max_docs=100")
+    first, _ = preprocess(cfg, log=lambda s: None)
+    stamp = {f: os.stat(tmp_path / "idx" / f).st_mtime_ns for f in os.listdir(tmp_path / "idx")}
+    log: list[str] = []
+    again, _ = preprocess(cfg, log=log.append)
+    assert again == first and all("up to date" in line for line in log)
+    assert stamp == {f: os.stat(tmp_path / "idx" / f).st_mtime_ns for f in os.listdir(tmp_path / "idx")}
+    # a different tokenizer rebuilds every source
+    texts = [d.text for d in documents("omi2", SAMPLES / "openmathinstruct2_sample1000.jsonl")[:200]]
+    small = save_tokenizer(train_tokenizer(texts, "bpe", 400), str(tmp_path / "small.json"))
+    cfg2 = sample_cfg(tmp_path / "idx", "data.sources.tinygsm.max_docs=100", "data.sources.omi2.max_docs=100",
+                      tok=small)  # fmt: skip
+    log.clear()
+    rebuilt, _ = preprocess(cfg2, log=log.append)
+    assert not any("up to date" in line for line in log)
+    assert {m["tokenizer"]["hash"] for m in rebuilt} == {load_tokenizer(cfg2.data.tokenizer).hash}
+    assert all(m["dtype"] == "uint16" for m in rebuilt + first)  # megatron: uint16 below 65,500 ids
+    # a changed input file rebuilds that source only
+    copy = tmp_path / "omi2.jsonl"
+    lines = (SAMPLES / "openmathinstruct2_sample1000.jsonl").read_text().splitlines()[:100]
+    copy.write_text("\n".join(lines) + "\n")
+    cfg3 = sample_cfg(tmp_path / "idx", "data.sources.tinygsm.max_docs=100", f"data.sources.omi2.path={copy}",
+                      tok=small)  # fmt: skip
+    log.clear()
+    preprocess(cfg3, log=log.append)
+    assert ["up to date" in line for line in log] == [True, True, True, False]
+
+
+def test_output_is_the_same_with_one_or_two_workers(tmp_path):
+    outs = []
+    for workers in (1, 2):
+        cfg = sample_cfg(tmp_path / f"w{workers}", f"data.num_workers={workers}", "data.chunk_docs=37")
+        manifests, _ = preprocess(cfg, log=lambda s: None)
+        files = sorted(f for f in os.listdir(tmp_path / f"w{workers}") if not f.endswith(".json"))
+        outs.append({f: (tmp_path / f"w{workers}" / f).read_bytes() for f in files})
+        assert [m["num_workers"] for m in manifests] == [workers] * 4
+    assert outs[0] == outs[1] and len(outs[0]) == 12
+
+
+def test_manifest_records_counts_and_source_revision(tmp_path):
+    cfg = sample_cfg(tmp_path, "data.sources.tinygsm.max_docs=10", "data.sources.omi2.max_docs=10")
+    preprocess(cfg, log=lambda s: None)
+    m = json.loads((tmp_path / "tinygsm.manifest.json").read_text())
+    assert (
+        m["docs"] == 10 and m["format_counts"] == {"code": 10} and m["source_revision"].startswith("sha256:")
+    )
+    assert m["input"].endswith("tinygsm_style_gpt41_sample1000.jsonl") and m["bad_records"]["count"] == 0
