@@ -22,16 +22,21 @@ A pipeline recipe is a YAML file with a ``stages`` list (a plain recipe has none
         overrides: ["checkpoint.load={grpo.run_dir}/checkpoints"]
 
 Each stage waits for the stages in ``after`` (default: the stage before it) with ``--dependency=afterok``.
-A stage with ``grid: {key: [v1, v2], ...}`` is a job array over the grid's Cartesian product (task i runs in
-RUN_DIR/S/<i>_<values>); a stage with ``over: G`` runs one array task per task of grid stage G, each after
-its own task (``aftercorr``), and ``{G.run_dir}`` then means that task's run dir.
-Precedence for every stage: recipe < pipeline ``cluster`` / ``overrides`` < stage ``cluster`` / ``overrides``
-< command-line ``k=v`` < ``submit`` flags (``--nodes`` ...).
+Array stages (one Slurm job array, one task per run):
+  * ``grid: {key: [v1, v2], ...}``: the Cartesian product; task i runs in RUN_DIR/S/<i>_<values>.
+  * ``sweep: GRID.yaml``: the runs of a sweep grid file (echo_megatron/report/sweep.py; named values, a base
+    recipe per value, run dirs from the grid's ``run_dir`` template); ``recipe`` is then the default base.
+  * ``over: A``: one task per task of the earlier array stage A, each after its own task (``aftercorr``);
+    ``{A.run_dir}`` then means that task's run dir.
+A sweep grid file given to ``submit`` directly is a one-stage pipeline (a job array).
+Precedence for every stage: recipe (or sweep point) < pipeline ``cluster`` / ``overrides`` < stage ``cluster``
+/ ``overrides`` < grid point < command-line ``k=v`` < ``submit`` flags (``--nodes`` ...).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,7 +47,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.config import ConfigError, load_config
 
-STAGE_KEYS = {"name", "command", "recipe", "overrides", "cluster", "grid", "over", "after", "array_limit"}
+STAGE_KEYS = {
+    "name",
+    "command",
+    "recipe",
+    "sweep",
+    "overrides",
+    "cluster",
+    "grid",
+    "over",
+    "after",
+    "array_limit",
+}
 PIPELINE_KEYS = {"name", "run_dir", "description", "cluster", "overrides", "stages"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\.run_dir\}")
@@ -52,12 +68,17 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\.run_dir\}")
 class Stage:
     name: str
     command: str
-    recipe: str  # absolute path
+    recipe: str | None  # absolute path (a sweep stage may leave it to the grid's bases)
     overrides: list[str] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     over: str | None = None
+    sweep: str | None = None  # absolute path of a sweep grid file
     after: list[str] = field(default_factory=list)
     array_limit: int | None = None  # at most this many array tasks at once (--array=0-N%K)
+
+    @property
+    def is_array(self) -> bool:
+        return bool(self.grid or self.over or self.sweep)
 
 
 @dataclass
@@ -89,17 +110,21 @@ class Job:
 
     @property
     def is_array(self) -> bool:
-        return bool(self.stage.grid or self.stage.over)
+        return self.stage.is_array
 
 
-def is_pipeline_file(path: str) -> bool:
-    """True when ``path`` is a YAML mapping with a ``stages`` key."""
+def recipe_kind(path: str) -> str:
+    """pipeline (a ``stages`` list) | sweep (a grid file with ``axes``) | recipe (anything else)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "stages" in data
+        return "recipe"  # load_config reports the problem
+    if isinstance(data, dict) and "stages" in data:
+        return "pipeline"
+    if isinstance(data, dict) and "axes" in data:
+        return "sweep"
+    return "recipe"
 
 
 def _fail(where: str, msg: str) -> ConfigError:
@@ -161,18 +186,19 @@ def load_pipeline(path: str) -> Pipeline:
         unknown = set(raw) - STAGE_KEYS
         if unknown:
             raise _fail(where, f"unknown key(s) {sorted(unknown)} (known: {sorted(STAGE_KEYS)})")
-        for key in ("name", "command", "recipe"):
+        for key in ("name", "command"):
             if not isinstance(raw.get(key), str) or not raw[key]:
                 raise _fail(where, f"'{key}' is required (a string)")
+        if not raw.get("recipe") and not raw.get("sweep"):
+            raise _fail(where, "'recipe' (or 'sweep') is required")
         sname = raw["name"]
         where = f"{path}: stage '{sname}'"
         if not _NAME.match(sname):
             raise _fail(where, "a stage name is letters, digits, '_' and '-', starting with a letter")
         if any(s.name == sname for s in stages):
             raise _fail(where, "duplicate stage name")
-        recipe = raw["recipe"] if os.path.isabs(raw["recipe"]) else os.path.join(base_dir, raw["recipe"])
-        if not os.path.isfile(recipe):
-            raise _fail(where, f"recipe not found: {recipe}")
+        recipe = _path(raw.get("recipe"), base_dir, f"{where}: recipe")
+        sweep = _path(raw.get("sweep"), base_dir, f"{where}: sweep")
         grid = raw.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
             raise _fail(where, "'grid' must map keys to non-empty lists of values")
@@ -204,14 +230,46 @@ def load_pipeline(path: str) -> Pipeline:
             + _cluster_overrides(raw.get("cluster"), f"{where}: cluster")
             + _str_list(raw.get("overrides"), f"{where}: overrides")
         )
-        stages.append(Stage(sname, raw["command"], recipe, overrides, grid, over, after, limit))
+        stages.append(Stage(sname, raw["command"], recipe, overrides, grid, over, sweep, after, limit))
     return Pipeline(name, run_dir, stages, os.path.abspath(path))
+
+
+def _path(value: Any, base_dir: str, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(where, "must be a file path")
+    path = value if os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+    if not os.path.isfile(path):
+        raise _fail(where, f"file not found: {path}")
+    return path
 
 
 def single_stage(recipe: str, command: str) -> Pipeline:
     """A plain recipe as a one-stage pipeline; its run dir is the recipe's own ``run_dir``."""
     stage = Stage(name=command, command=command, recipe=os.path.abspath(recipe))
     return Pipeline(name="", run_dir="", stages=[stage], source=os.path.abspath(recipe))
+
+
+def sweep_stage(grid: str, command: str) -> Pipeline:
+    """A sweep grid file as a one-stage pipeline: one job array over its runs, in the grid's run dirs."""
+    stage = Stage(name=command, command=command, recipe=None, sweep=os.path.abspath(grid))
+    return Pipeline(name="", run_dir="", stages=[stage], source=os.path.abspath(grid))
+
+
+def _sweep_points(stage: Stage, where: str) -> list[tuple[str, str, list[str]]]:
+    """(base recipe, run name, overrides) of every run of the stage's sweep grid."""
+    from echo_megatron.report.sweep import expand as expand_grid
+    from echo_megatron.report.sweep import load_grid
+
+    points = []
+    for run in expand_grid(load_grid(stage.sweep)):
+        base = run.base or stage.recipe
+        if base is None:
+            raise ConfigError(f"{where}: sweep run '{run.name}' has no base recipe (set 'base' in the grid)")
+        lines = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in run.all_overrides().items()]
+        points.append((base, run.name, lines))
+    return points
 
 
 def _grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
@@ -240,47 +298,59 @@ def _substitute(items: list[str], dirs: dict[str, str], where: str) -> list[str]
 def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
     """Resolve every task's config (recipe + overrides + ``extra``); placeholders become run dirs."""
     jobs: list[Job] = []
-    stage_dirs: dict[str, str] = {}  # stage -> its run dir (a grid stage: the folder holding its tasks)
-    task_dirs: dict[str, list[str]] = {}  # grid stage -> its tasks' run dirs
-    single = not pipeline.run_dir
+    stage_dirs: dict[str, str] = {}  # stage -> its run dir (an array stage: the folder holding its tasks)
+    task_dirs: dict[str, list[str]] = {}  # array stage -> its tasks' run dirs
     for stage in pipeline.stages:
         where = f"{pipeline.source}: stage '{stage.name}'"
-        if stage.grid:
-            points = _grid_points(stage.grid)
-        elif stage.over:
-            points = [[] for _ in task_dirs[stage.over]]
-        else:
-            points = [[]]
         tasks: list[Task] = []
-        for i, point in enumerate(points):
-            dirs = dict(stage_dirs)
-            if stage.over:
-                dirs[stage.over] = task_dirs[stage.over][i]
-            overrides = _substitute(stage.overrides + list(extra), dirs, where) + point
-            if single:
-                cfg = load_config(stage.recipe, overrides)
-                run_dir, label = os.path.abspath(cfg.run_dir), ""
-            else:
-                if stage.grid:
-                    label = _label(i, point)
-                elif stage.over:
+        if stage.sweep:
+            for i, (base, label, lines) in enumerate(_sweep_points(stage, where)):
+                overrides = lines + _substitute(stage.overrides + list(extra), stage_dirs, where)
+                tasks.append(_task(i, label, base, overrides, None))
+        else:
+            points = (
+                [[]]
+                if not stage.is_array
+                else (_grid_points(stage.grid) if stage.grid else [[] for _ in task_dirs[stage.over]])
+            )
+            for i, point in enumerate(points):
+                dirs = dict(stage_dirs)
+                label = ""
+                if stage.over:
+                    dirs[stage.over] = task_dirs[stage.over][i]
                     label = os.path.basename(task_dirs[stage.over][i])
-                else:
-                    label = ""
-                run_dir = os.path.join(pipeline.run_dir, stage.name, label)
-                run_dir = run_dir.rstrip(os.sep)
-                name = f"{pipeline.name}-{stage.name}" + (f"-{label}" if label else "")
-                cfg = load_config(stage.recipe, overrides + [f"name={name}", f"run_dir={run_dir}"])
-            cfg.run_dir = run_dir
-            tasks.append(Task(i, label, run_dir, overrides, cfg))
+                elif stage.grid:
+                    label = _label(i, point)
+                overrides = (
+                    _substitute(stage.overrides, dirs, where) + point + _substitute(list(extra), dirs, where)
+                )
+                run_dir = (
+                    os.path.join(pipeline.run_dir, stage.name, label).rstrip(os.sep)
+                    if pipeline.run_dir
+                    else None
+                )
+                if run_dir:
+                    name = f"{pipeline.name}-{stage.name}" + (f"-{label}" if label else "")
+                    overrides = overrides + [f"name={name}", f"run_dir={run_dir}"]
+                tasks.append(_task(i, label, stage.recipe, overrides, run_dir))
         clusters = {OmegaConf.to_yaml(t.config.cluster) for t in tasks}
         if len(clusters) > 1:
             raise ConfigError(f"{where}: the tasks of one array must share their cluster.* settings")
-        if stage.grid or stage.over:
-            stage_dirs[stage.name] = os.path.join(pipeline.run_dir, stage.name)
+        if stage.is_array:
+            stage_dirs[stage.name] = (
+                os.path.commonpath([t.run_dir for t in tasks])
+                if len(tasks) > 1
+                else os.path.dirname(tasks[0].run_dir)
+            )
             task_dirs[stage.name] = [t.run_dir for t in tasks]
         else:
             stage_dirs[stage.name] = tasks[0].run_dir
         depends = [("aftercorr" if dep == stage.over else "afterok", dep) for dep in stage.after]
         jobs.append(Job(stage, tasks, depends))
     return jobs
+
+
+def _task(index: int, label: str, recipe: str, overrides: list[str], run_dir: str | None) -> Task:
+    cfg = load_config(recipe, overrides)
+    cfg.run_dir = os.path.abspath(run_dir or cfg.run_dir)
+    return Task(index, label, cfg.run_dir, overrides, cfg)

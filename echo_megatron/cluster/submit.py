@@ -25,9 +25,10 @@ from echo_megatron.cluster.pipeline import (
     Job,
     Pipeline,
     expand,
-    is_pipeline_file,
     load_pipeline,
+    recipe_kind,
     single_stage,
+    sweep_stage,
 )
 from echo_megatron.cluster.sbatch import config_path, render
 from echo_megatron.config import ConfigError
@@ -53,13 +54,32 @@ def command_module(command: str) -> str | None:
     return module if importlib.util.find_spec(module) is not None else None
 
 
+def sweep_command(grid: str) -> str:
+    """The command a sweep grid runs when ``--command`` is not given: rl when its runs set rl.base."""
+    from echo_megatron.report.sweep import expand as expand_grid
+    from echo_megatron.report.sweep import load_grid
+
+    runs = expand_grid(load_grid(grid))
+    return "rl" if all("rl.base" in r.overrides or "rl.base" in r.fixed for r in runs) else "pretrain"
+
+
 def prepare(
-    recipe: str, overrides: list[str], command: str = "pretrain"
+    recipe: str, overrides: list[str], command: str | None = None
 ) -> tuple[Pipeline, str, list[Rendered]]:
-    """(pipeline, root, rendered jobs) for a pipeline file or a plain recipe run by ``command``."""
-    pipeline = load_pipeline(recipe) if is_pipeline_file(recipe) else single_stage(recipe, command)
+    """(pipeline, root, rendered jobs) for a pipeline file, a sweep grid or a plain recipe run by ``command``.
+
+    ROOT is the pipeline's run_dir, a plain recipe's run_dir, or the folder common to a sweep's run dirs.
+    """
+    kind = recipe_kind(recipe)
+    if kind == "pipeline":
+        pipeline = load_pipeline(recipe)
+    elif kind == "sweep":
+        pipeline = sweep_stage(recipe, command or sweep_command(recipe))
+    else:
+        pipeline = single_stage(recipe, command or "pretrain")
     jobs = expand(pipeline, overrides)
-    root = pipeline.run_dir or jobs[0].tasks[0].run_dir
+    dirs = [t.run_dir for j in jobs for t in j.tasks]
+    root = pipeline.run_dir or (os.path.commonpath(dirs) if len(dirs) > 1 else dirs[0])
     workdir = os.getcwd()
     rendered = []
     for job in jobs:

@@ -2,7 +2,7 @@
 
 A plain recipe becomes one job running ``--command`` (default pretrain); a pipeline recipe (a ``stages``
 list, see echo_megatron/cluster/pipeline.py) becomes one job per stage chained with ``--dependency=afterok``
-(grid stages: job arrays). Prints the job ids; ``--dry-run`` prints the sbatch scripts instead.
+(grid stages: job arrays); a sweep grid file (``axes``, see echo_megatron/report/sweep.py) one job array. Prints the job ids; ``--dry-run`` prints the sbatch scripts instead.
 """
 
 from __future__ import annotations
