@@ -36,13 +36,16 @@ class RewardConfig:
     sandbox_privdrop: bool = True  # as root: run programs under a per-worker uid (sandbox_uid + worker index)
     sandbox_seccomp: bool = True  # libseccomp deny list (no fork/exec/sockets/file writes)
     sandbox_uid: int = 61000
+    # modules imported once per worker so that programs need not import them cold; "heavy" ones live in
+    # separate workers used only by math-verify comparisons and programs naming them (forks of a big
+    # interpreter cost more)
     sandbox_preload: list[str] = field(
         default_factory=lambda: [
             "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
-            "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator", "numpy", "sympy",
-            "math_verify",
+            "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator",
         ]
     )  # fmt: skip
+    sandbox_preload_heavy: list[str] = field(default_factory=lambda: ["numpy", "sympy", "math_verify"])
 
 
 @dataclass

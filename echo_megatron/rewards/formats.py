@@ -29,6 +29,7 @@ TINYGSM_DEF = "def simple_math_problem"
 _OPENS_WITH_DEF = re.compile(r"\s*(?:```[ \t]*(?:python|py)?[ \t]*\n\s*)?def[ \t]+[A-Za-z_]\w*[ \t]*\(")
 _NL_FINAL = re.compile(r"\\boxed|\\fbox|####|\banswer\s+is\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z]{2,}")
+_TAG = re.compile(r"</?[\w-]{1,40}>")  # markup such as <llm-code-output> is not prose
 _PROSE_WINDOW = 4000  # characters looked at by the prose test
 _PROSE_MIN_WORDS = 2
 _PROSE_MIN_LETTER_SHARE = 0.3
@@ -66,8 +67,9 @@ def nl_final_marker(text: str) -> int:
 
 
 def looks_like_prose(text: str) -> bool:
-    """At least two words of 2+ letters, and letters of such words make up >= 30% of the non-space characters."""
-    window = text[:_PROSE_WINDOW]
+    """Markup tags aside, at least two words of 2+ letters, whose letters make up >= 30% of the non-space
+    characters."""
+    window = _TAG.sub(" ", text[:_PROSE_WINDOW])
     words = _WORD.findall(window)
     if len(words) < _PROSE_MIN_WORDS:
         return False
@@ -93,8 +95,8 @@ def classify_format(text: str | None) -> str:
        The family whose marker comes first wins. So an OMI1 solution (intro, code, output, then ``\boxed``) is
        ``code_interp``; a code solution whose docstring or comments mention "the answer is" is ``code``; and a
        complete natural-language answer followed by a runaway continuation that starts writing code is ``nl``.
-    3. ``nl``: no marker but prose (at least two words, letters >= 30% of non-space characters): a natural-
-       language solution truncated before its final answer.
+    3. ``nl``: no marker but prose (tags such as ``<llm-code-output>`` aside, at least two words, letters >= 30%
+       of non-space characters): a natural-language solution truncated before its final answer.
     4. ``other``: everything else (symbol soup, bare numbers, code without a recognised format).
     """
     if text is None or not isinstance(text, str) or not text.strip():

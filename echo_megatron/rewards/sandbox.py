@@ -39,11 +39,15 @@ from dataclasses import dataclass, field
 
 from echo_megatron.rewards.protocol import MAX_FRAME, encode_frame
 
+# Two worker profiles. Forking costs grow with the worker's memory (~2 ms with the stdlib, ~9 ms with
+# numpy + sympy + math-verify on the 2-core CI machine), so plain programs run in "light" workers and only
+# math-verify comparisons and programs that mention a heavy module go to "heavy" workers, started on first use.
 DEFAULT_PRELOAD: tuple[str, ...] = (
     "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
-    "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator", "numpy", "sympy",
-    "math_verify",
+    "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator",
 )  # fmt: skip
+DEFAULT_PRELOAD_HEAVY: tuple[str, ...] = ("numpy", "sympy", "math_verify")
+LIGHT, HEAVY = "light", "heavy"
 WATCHDOG_GRACE_S = 5.0
 MAX_START_FAILURES = 3
 
@@ -54,7 +58,8 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class _Slot:
-    index: int
+    pos: int  # position in the pool's slot list
+    profile: str  # LIGHT or HEAVY
     proc: subprocess.Popen
     base: str
     spawned: float
@@ -111,6 +116,7 @@ class SandboxPool:
         memory_mb: int = 1024,
         max_output_bytes: int = 65536,
         preload: tuple[str, ...] | list[str] = DEFAULT_PRELOAD,
+        preload_heavy: tuple[str, ...] | list[str] = DEFAULT_PRELOAD_HEAVY,
         namespaces: bool = True,
         privdrop: bool = True,
         seccomp: bool = True,
@@ -130,11 +136,13 @@ class SandboxPool:
             "timeout_s": self.timeout_s,
             "memory_mb": int(memory_mb),
             "max_output_bytes": int(max_output_bytes),
-            "preload": list(preload),
             "namespaces": bool(namespaces),
             "privdrop": bool(privdrop),
             "seccomp": bool(seccomp),
         }
+        self.preload = {LIGHT: list(preload), HEAVY: list(preload) + list(preload_heavy)}
+        # a program that names one of these modules runs in a heavy worker (else it would import it cold)
+        self.heavy_triggers = tuple(dict.fromkeys(m.split(".")[0] for m in preload_heavy))
         self.uid_base = int(uid_base)
         self.start_timeout_s = float(start_timeout_s)
         self._lock = threading.Lock()
@@ -144,7 +152,7 @@ class SandboxPool:
         self._slots: list[_Slot] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._slots)
         for i in range(self.workers):
-            self._slots.append(self._spawn(i))
+            self._slots.append(self._spawn(i, LIGHT))
 
     @classmethod
     def from_config(cls, cfg) -> SandboxPool:
@@ -155,6 +163,7 @@ class SandboxPool:
             memory_mb=cfg.memory_mb,
             max_output_bytes=cfg.max_output_bytes,
             preload=tuple(cfg.sandbox_preload),
+            preload_heavy=tuple(cfg.sandbox_preload_heavy),
             namespaces=cfg.sandbox_namespaces,
             privdrop=cfg.sandbox_privdrop,
             seccomp=cfg.sandbox_seccomp,
@@ -162,7 +171,7 @@ class SandboxPool:
         )
 
     # --- lifecycle ----------------------------------------------------------------------------------------
-    def _spawn(self, index: int) -> _Slot:
+    def _spawn(self, pos: int, profile: str) -> _Slot:
         base = tempfile.mkdtemp(prefix="echo-sbx-")
         os.chmod(base, 0o711)  # the sandbox uid may traverse it to its own run dir, not list or write it
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
@@ -190,8 +199,8 @@ class SandboxPool:
             bufsize=0,
         )
         os.set_blocking(proc.stdout.fileno(), False)
-        init = dict(self._init, base=base, uid=self.uid_base + index)
-        slot = _Slot(index=index, proc=proc, base=base, spawned=time.monotonic())
+        init = dict(self._init, base=base, uid=self.uid_base + pos, preload=self.preload[profile])
+        slot = _Slot(pos=pos, profile=profile, proc=proc, base=base, spawned=time.monotonic())
         self._send(slot, init)
         return slot
 
@@ -207,7 +216,7 @@ class SandboxPool:
 
     def _replace(self, slot: _Slot) -> None:
         _kill_slot(slot)
-        self._slots[slot.index] = self._spawn(slot.index)
+        self._slots[slot.pos] = self._spawn(slot.pos, slot.profile)
 
     def close(self) -> None:
         """Stop every worker and remove every temporary directory (idempotent)."""
@@ -237,8 +246,11 @@ class SandboxPool:
         return dict(self._slots[0].info.get("isolation", {}))
 
     def wait_ready(self) -> None:
-        """Block until every worker has started (a no-op once they have)."""
-        self.run([])
+        """Block until every worker started so far has started (a no-op once they have)."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox pool is closed")
+            self._run([], wait_all=True)
 
     # --- running jobs -------------------------------------------------------------------------------------
     def run(self, jobs: list[dict]) -> list[dict]:
@@ -249,22 +261,37 @@ class SandboxPool:
                 raise SandboxError("the sandbox pool is closed")
             return self._run(list(jobs))
 
-    def _run(self, jobs: list[dict]) -> list[dict]:
+    def profile_of(self, job: dict) -> str:
+        """HEAVY for math-verify comparisons and programs that name a heavy module, else LIGHT."""
+        if job.get("kind") == "verify":
+            return HEAVY
+        code = (
+            job.get("code") if job.get("kind") == "function" else "\n".join(map(str, job.get("blocks", [])))
+        )
+        return HEAVY if any(m in str(code) for m in self.heavy_triggers) else LIGHT
+
+    def _run(self, jobs: list[dict], wait_all: bool = False) -> list[dict]:
         results: list[dict | None] = [None] * len(jobs)
-        pending = collections.deque(range(len(jobs)))
+        pending: dict[str, collections.deque] = {LIGHT: collections.deque(), HEAVY: collections.deque()}
+        for i, job in enumerate(jobs):
+            pending[self.profile_of(job)].append(i)
+        if pending[HEAVY] and not any(s.profile == HEAVY for s in self._slots):
+            for _ in range(self.workers):
+                self._slots.append(self._spawn(len(self._slots), HEAVY))
         while True:
             now = time.monotonic()
             for slot in self._slots:
-                if slot.ready and slot.job is None and pending:
-                    i = pending.popleft()
+                queue = pending[slot.profile]
+                if slot.ready and slot.job is None and queue:
+                    i = queue.popleft()
                     self._next_id += 1
                     slot.job, slot.job_id, slot.started = i, self._next_id, now
                     if not self._send(slot, dict(jobs[i], id=self._next_id)):
                         self._lost(slot, results, "sandbox", "the worker's pipe is closed")
             busy = [s for s in self._slots if s.job is not None]
-            booting = [s for s in self._slots if not s.ready]
-            if not pending and not busy and not booting:
-                return [r for r in results]  # type: ignore[misc]
+            booting = [s for s in self._slots if not s.ready and (pending[s.profile] or wait_all)]
+            if not pending[LIGHT] and not pending[HEAVY] and not busy and not booting:
+                return list(results)  # type: ignore[arg-type]
             wake = [s.started + self.timeout_s + WATCHDOG_GRACE_S for s in busy]
             wake += [s.spawned + self.start_timeout_s for s in booting]
             wait = max(0.0, min([now + 1.0, *wake]) - now)

@@ -6,8 +6,9 @@ stays clean; every program gets a fresh fork, which is killed (whole process gro
 
 Isolation, set up once per worker (``enter_namespaces``):
     root      unshare(CLONE_NEWNET | CLONE_NEWNS): a network namespace with only a loopback that is down, and a
-              private mount namespace where /tmp, /var/tmp and /dev/shm are bind mounts of the worker's own
-              directory (so "/tmp" writes stay in the sandbox dir even without seccomp).
+              private mount namespace where the worker's directory is a 64 MiB tmpfs (run dirs never touch the
+              host disk, and cost microseconds instead of an ext4 rmdir) and /tmp, /var/tmp and /dev/shm are
+              bind mounts of it (so "/tmp" writes stay in the sandbox dir even without seccomp).
     non-root  the same inside a new user namespace where the kernel allows one; otherwise none (reported).
 Then per program, in the child (``child_main``), in this order:
     setsid; stdin/stdout/stderr -> /dev/null, every other descriptor closed but the result pipe (fd 3); cwd = a
@@ -52,6 +53,7 @@ MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 EXIT_SETUP_FAILED = 121
 NOFILE_LIMIT = 64
+SCRATCH_BYTES = 64 << 20  # the tmpfs holding every run dir of a worker (namespace mode)
 READ_SLACK = 64 << 10  # bytes of JSON framing allowed on top of the output cap
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 
@@ -88,6 +90,9 @@ def enter_namespaces(base: str) -> dict:
         return info
     try:
         _sys(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+        opts = f"mode=711,size={SCRATCH_BYTES},nr_inodes=4096".encode()
+        _sys(_libc.mount(b"tmpfs", base.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), f"tmpfs on {base}")
+        info["scratch_tmpfs"] = True
         if os.geteuid() == 0:
             info["exposed"] = expose_python(base)
         for target in ("/var/tmp", "/dev/shm", "/tmp"):  # /tmp last: binding it hides ``base``'s path
