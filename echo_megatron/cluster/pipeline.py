@@ -29,14 +29,15 @@ Array stages (one Slurm job array, one task per run):
   * ``over: A``: one task per task of the earlier array stage A, each after its own task (``aftercorr``);
     ``{A.run_dir}`` then means that task's run dir.
 A sweep grid file given to ``submit`` directly is a one-stage pipeline (a job array).
-Precedence for every stage: recipe (or sweep point) < pipeline ``cluster`` / ``overrides`` < stage ``cluster``
-/ ``overrides`` < grid point < command-line ``k=v`` < ``submit`` flags (``--nodes`` ...).
+Precedence for every stage: recipe (or sweep point) < pipeline ``cluster`` / ``overrides`` < ``submit`` flags
+(``--nodes`` ...) < stage ``cluster`` / ``overrides`` < grid point < command-line ``k=v``. So ``--nodes 4``
+sizes every stage that does not set its own ``cluster.nodes``; ``cluster.nodes=4`` on the command line
+forces all of them.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -69,7 +70,8 @@ class Stage:
     name: str
     command: str
     recipe: str | None  # absolute path (a sweep stage may leave it to the grid's bases)
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the stage's own cluster: block and overrides
+    common: list[str] = field(default_factory=list)  # the pipeline's cluster: block and overrides
     grid: dict[str, list[Any]] = field(default_factory=dict)
     over: str | None = None
     sweep: str | None = None  # absolute path of a sweep grid file
@@ -155,6 +157,8 @@ def _yaml_scalar(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str) and yaml.safe_load(v) != v:  # "12:00:00" would read back as the int 43200
+        return "'" + v.replace("'", "''") + "'"
     return str(v)
 
 
@@ -225,12 +229,12 @@ def load_pipeline(path: str) -> Pipeline:
         limit = raw.get("array_limit")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise _fail(where, "'array_limit' must be a positive integer")
-        overrides = (
-            common
-            + _cluster_overrides(raw.get("cluster"), f"{where}: cluster")
-            + _str_list(raw.get("overrides"), f"{where}: overrides")
+        overrides = _cluster_overrides(raw.get("cluster"), f"{where}: cluster") + _str_list(
+            raw.get("overrides"), f"{where}: overrides"
         )
-        stages.append(Stage(sname, raw["command"], recipe, overrides, grid, over, sweep, after, limit))
+        stages.append(
+            Stage(sname, raw["command"], recipe, overrides, common, grid, over, sweep, after, limit)
+        )
     return Pipeline(name, run_dir, stages, os.path.abspath(path))
 
 
@@ -267,7 +271,7 @@ def _sweep_points(stage: Stage, where: str) -> list[tuple[str, str, list[str]]]:
         base = run.base or stage.recipe
         if base is None:
             raise ConfigError(f"{where}: sweep run '{run.name}' has no base recipe (set 'base' in the grid)")
-        lines = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in run.all_overrides().items()]
+        lines = [f"{k}={_yaml_scalar(v)}" for k, v in run.all_overrides().items()]
         points.append((base, run.name, lines))
     return points
 
@@ -282,7 +286,7 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
 
 def _label(i: int, point: list[str]) -> str:
     values = [kv.split("=", 1)[1] for kv in point]
-    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", "_".join(values)).strip("-")
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(values)).strip("-")
     return f"{i:03d}_{slug}"[:80]
 
 
@@ -295,8 +299,12 @@ def _substitute(items: list[str], dirs: dict[str, str], where: str) -> list[str]
     return [_PLACEHOLDER.sub(one, item) for item in items]
 
 
-def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
-    """Resolve every task's config (recipe + overrides + ``extra``); placeholders become run dirs."""
+def expand(pipeline: Pipeline, extra: list[str] = (), defaults: list[str] = ()) -> list[Job]:
+    """Resolve every task's config; placeholders become run dirs.
+
+    ``defaults`` (the submit flags) go over the pipeline's common settings, ``extra`` (command-line k=v)
+    over everything.
+    """
     jobs: list[Job] = []
     stage_dirs: dict[str, str] = {}  # stage -> its run dir (an array stage: the folder holding its tasks)
     task_dirs: dict[str, list[str]] = {}  # array stage -> its tasks' run dirs
@@ -305,8 +313,9 @@ def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
         tasks: list[Task] = []
         if stage.sweep:
             for i, (base, label, lines) in enumerate(_sweep_points(stage, where)):
-                overrides = lines + _substitute(stage.overrides + list(extra), stage_dirs, where)
-                tasks.append(_task(i, label, base, overrides, None))
+                own = stage.common + list(defaults) + stage.overrides + list(extra)
+                overrides = lines + _substitute(own, stage_dirs, where)
+                tasks.append(_task(i, label, base, overrides, None, where))
         else:
             points = (
                 [[]]
@@ -321,9 +330,8 @@ def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
                     label = os.path.basename(task_dirs[stage.over][i])
                 elif stage.grid:
                     label = _label(i, point)
-                overrides = (
-                    _substitute(stage.overrides, dirs, where) + point + _substitute(list(extra), dirs, where)
-                )
+                own = _substitute(stage.common + list(defaults) + stage.overrides, dirs, where)
+                overrides = own + point + _substitute(list(extra), dirs, where)
                 run_dir = (
                     os.path.join(pipeline.run_dir, stage.name, label).rstrip(os.sep)
                     if pipeline.run_dir
@@ -332,7 +340,7 @@ def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
                 if run_dir:
                     name = f"{pipeline.name}-{stage.name}" + (f"-{label}" if label else "")
                     overrides = overrides + [f"name={name}", f"run_dir={run_dir}"]
-                tasks.append(_task(i, label, stage.recipe, overrides, run_dir))
+                tasks.append(_task(i, label, stage.recipe, overrides, run_dir, where))
         clusters = {OmegaConf.to_yaml(t.config.cluster) for t in tasks}
         if len(clusters) > 1:
             raise ConfigError(f"{where}: the tasks of one array must share their cluster.* settings")
@@ -350,7 +358,10 @@ def expand(pipeline: Pipeline, extra: list[str] = ()) -> list[Job]:
     return jobs
 
 
-def _task(index: int, label: str, recipe: str, overrides: list[str], run_dir: str | None) -> Task:
-    cfg = load_config(recipe, overrides)
+def _task(index: int, label: str, recipe: str, overrides: list[str], run_dir: str | None, where: str) -> Task:
+    try:
+        cfg = load_config(recipe, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{f' task {index} ({label})' if label else ''}: {e}") from e
     cfg.run_dir = os.path.abspath(run_dir or cfg.run_dir)
     return Task(index, label, cfg.run_dir, overrides, cfg)

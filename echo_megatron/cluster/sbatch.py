@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 
 import jinja2
 from omegaconf import DictConfig
@@ -29,7 +28,8 @@ from echo_megatron.cluster.pipeline import Job
 from echo_megatron.config import ConfigError
 
 TEMPLATE = r"""#!/bin/bash
-# {{ title }}
+{% if c.setup %}# shellcheck disable=SC1090,SC1091  # cluster.setup may source site files that exist only there
+{% endif %}# {{ title }}
 # Written by `echo-megatron submit`; change the recipe and resubmit rather than editing this file.
 #SBATCH --job-name={{ job_name }}
 #SBATCH --nodes={{ c.nodes }}
@@ -135,7 +135,7 @@ _ENV = jinja2.Environment(
     comment_start_string="{##",  # bash's ${#VAR} must not open a Jinja comment
     comment_end_string="##}",
 )
-_ENV.filters["q"] = lambda v: shlex.quote(str(v))
+_ENV.filters["q"] = lambda v: "'" + str(v).replace("'", "'\"'\"'") + "'"  # always single-quoted
 
 
 def config_path(root: str, stage: str, index: int | None = None) -> str:

@@ -64,11 +64,12 @@ def sweep_command(grid: str) -> str:
 
 
 def prepare(
-    recipe: str, overrides: list[str], command: str | None = None
+    recipe: str, overrides: list[str], command: str | None = None, defaults: list[str] = ()
 ) -> tuple[Pipeline, str, list[Rendered]]:
     """(pipeline, root, rendered jobs) for a pipeline file, a sweep grid or a plain recipe run by ``command``.
 
     ROOT is the pipeline's run_dir, a plain recipe's run_dir, or the folder common to a sweep's run dirs.
+    ``defaults`` (cluster.* from the submit flags) sit below a stage's own settings, ``overrides`` above.
     """
     kind = recipe_kind(recipe)
     if kind == "pipeline":
@@ -77,7 +78,7 @@ def prepare(
         pipeline = sweep_stage(recipe, command or sweep_command(recipe))
     else:
         pipeline = single_stage(recipe, command or "pretrain")
-    jobs = expand(pipeline, overrides)
+    jobs = expand(pipeline, overrides, defaults)
     dirs = [t.run_dir for j in jobs for t in j.tasks]
     root = pipeline.run_dir or (os.path.commonpath(dirs) if len(dirs) > 1 else dirs[0])
     workdir = os.getcwd()

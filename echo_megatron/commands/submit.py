@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         for dest, key in FLAGS.items()
         if getattr(args, dest) is not None
     ]
-    pipeline, root, rendered = prepare(args.recipe, list(args.overrides) + flags, args.run_command)
+    pipeline, root, rendered = prepare(args.recipe, list(args.overrides), args.run_command, flags)
     missing = missing_commands(rendered)
     if args.dry_run:
         dry_run(rendered)

@@ -1,0 +1,276 @@
+"""`echo-megatron submit --dry-run` and `status` without a cluster: pipeline parsing, the rendered sbatch
+scripts (checked by shellcheck), dependencies, job arrays and clear errors. The real-Slurm runs are in
+tests/test_slurm_local.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from echo_megatron.cluster.pipeline import expand, load_pipeline
+from echo_megatron.cluster.status import collect, format_rows
+from echo_megatron.cluster.submit import dependency, prepare
+from echo_megatron.config import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "recipes", "tiny_cpu.yaml")
+PIPELINE_1B = os.path.join(REPO, "recipes", "paper", "1b_pipeline.yaml")
+
+
+def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "echo_megatron", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def _shellcheck(script: str, tmp_path) -> None:
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.fail(
+            "shellcheck is not installed (Debian: apt-get install shellcheck); the lint checks need it"
+        )
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    out = subprocess.run([exe, "-x", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _split_scripts(text: str) -> dict[str, str]:
+    """The dry run's output -> {stage: script}."""
+    scripts: dict[str, str] = {}
+    stage = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# ===== stage "):
+            stage = line.split()[3].rstrip(":")
+            scripts[stage] = ""
+        elif stage:
+            scripts[stage] += line
+    return scripts
+
+
+def test_1b_pipeline_dry_run_prints_complete_chained_scripts(tmp_path):
+    out = _cli("submit", PIPELINE_1B, "--nodes", "4", "--gpus-per-node", "8", "--dry-run", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    scripts = _split_scripts(out.stdout)
+    assert list(scripts) == ["pretrain", "grpo", "eval"]
+    assert "--dependency=afterok:<pretrain> --kill-on-invalid-dep=yes" in out.stdout
+    assert "--dependency=afterok:<grpo>" in out.stdout
+    pre = scripts["pretrain"]
+    for line in (
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --time=24:00:00",
+        "--nproc-per-node=8",
+        "--rdzv-backend=c10d",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export CUDA_DEVICE_MAX_CONNECTIONS='1'",
+        'scontrol requeue "$SLURM_JOB_ID"',
+    ):
+        assert line in pre, line
+    assert "#SBATCH --time=12:00:00" in scripts["grpo"]  # a quoted "12:00:00" stays a string
+    assert "#SBATCH --nodes=1" in scripts["eval"]  # the stage's own cluster.nodes beats --nodes
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    for script in scripts.values():
+        _shellcheck(script, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["cluster.launcher=srun"],
+        ["cluster.container=nvcr.io#nvidia/pytorch:25.01-py3", "cluster.container_mounts=/data:/data"],
+        ["cluster.container=/images/echo.sif", "cluster.launcher=srun"],
+        [
+            "cluster.partition=gpu",
+            "cluster.account=proj",
+            "cluster.cpus_per_task=32",
+            "cluster.mem=0",
+            "cluster.requeue=false",
+            "cluster.setup=[module load cuda,source /opt/venv/bin/activate]",
+            "cluster.env={NCCL_SOCKET_IFNAME: ib0}",
+            "cluster.sbatch_args=[--qos=high]",
+        ],
+    ],
+    ids=["srun", "pyxis", "apptainer", "site-options"],
+)
+def test_rendered_variants_pass_shellcheck(tmp_path, overrides):
+    _, _, rendered = prepare(TINY, overrides, "pretrain", ["cluster.nodes=2", "cluster.gpus_per_node=4"])
+    script = rendered[0].script
+    _shellcheck(script, tmp_path)
+    text = " ".join(overrides)
+    if "launcher=srun" in text:
+        assert "#SBATCH --ntasks-per-node=4" in script and "torch.distributed.run" not in script
+    if "pyxis" in text or "nvcr.io" in text:
+        assert "--container-image='nvcr.io#nvidia/pytorch:25.01-py3'" in script
+        assert f"--container-mounts='{os.getcwd()}:{os.getcwd()},/data:/data'" in script
+    if ".sif" in text:
+        assert "apptainer exec" in script and "/images/echo.sif" in script
+    if "site-options" in text or "partition" in text:
+        for line in (
+            "#SBATCH --partition=gpu",
+            "#SBATCH --account=proj",
+            "#SBATCH --cpus-per-task=32",
+            "#SBATCH --mem=0",
+            "#SBATCH --no-requeue",
+            "#SBATCH --qos=high",
+            "module load cuda",
+            "export NCCL_SOCKET_IFNAME='ib0'",
+        ):
+            assert line in script, line
+        assert 'scontrol requeue "$SLURM_JOB_ID"' not in script
+
+
+def test_cpu_recipes_request_no_gpus():
+    _, _, rendered = prepare(TINY, [], "pretrain")
+    assert "--gpus-per-node" not in rendered[0].script
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in rendered[0].script
+
+
+def _write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_grid_and_over_stages_become_arrays_with_aftercorr(tmp_path):
+    pipe = _write(
+        tmp_path / "p.yaml",
+        f"""
+name: scan
+run_dir: {tmp_path}/runs/scan
+stages:
+  - name: pre
+    command: pretrain
+    recipe: {TINY}
+    grid: {{optimizer.lr: [0.001, 0.002], train.steps: [4, 6]}}
+    array_limit: 2
+  - name: more
+    command: pretrain
+    recipe: {TINY}
+    over: pre
+    overrides: ["checkpoint.load={{pre.run_dir}}/checkpoints"]
+  - name: report
+    command: pretrain
+    recipe: {TINY}
+    overrides: ["description=after {{pre.run_dir}}"]
+""",
+    )
+    jobs = expand(load_pipeline(pipe))
+    pre, more, report = jobs
+    assert len(pre.tasks) == 4 and pre.is_array
+    assert [t.config.optimizer.lr for t in pre.tasks] == [0.001, 0.001, 0.002, 0.002]
+    assert [t.config.train.steps for t in pre.tasks] == [4, 6, 4, 6]
+    assert pre.tasks[1].run_dir == f"{tmp_path}/runs/scan/pre/001_0.001_6"
+    for p, m in zip(pre.tasks, more.tasks):  # one task per task of `pre`, reading its checkpoints
+        assert m.config.checkpoint.load == f"{p.run_dir}/checkpoints"
+        assert os.path.basename(m.run_dir) == os.path.basename(p.run_dir)
+    assert dependency(more, {"pre": "7"}) == "aftercorr:7"
+    assert report.tasks[0].config.description == f"after {tmp_path}/runs/scan/pre"
+    assert dependency(report, {"pre": "7", "more": "8"}) == "afterok:8"
+    _, _, rendered = prepare(pipe, [])
+    assert "#SBATCH --array=0-3%2" in rendered[0].script
+    assert "CONFIG=${CONFIGS[$SLURM_ARRAY_TASK_ID]}" in rendered[0].script
+    assert "pre-%A_%a.out" in rendered[0].script
+
+
+def test_a_sweep_grid_submits_as_one_job_array(tmp_path):
+    grid = _write(
+        tmp_path / "g.yaml",
+        f"""
+name: lrscan
+base: {TINY}
+run_dir: {tmp_path}/runs/{{grid}}/{{name}}
+set: {{train.steps: 3}}
+axes:
+  optimizer.lr: [0.001, 0.003]
+  width: {{narrow: {{model.hidden_size: 64}}, wide: {{model.hidden_size: 128}}}}
+""",
+    )
+    out = _cli("submit", grid, "--dry-run", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "#SBATCH --array=0-3" in out.stdout
+    assert f"{tmp_path}/runs/lrscan/slurm/pretrain.3.yaml" in out.stdout  # ROOT = the runs' common folder
+    _, root, rendered = prepare(grid, [])
+    assert root == f"{tmp_path}/runs/lrscan"
+    tasks = rendered[0].job.tasks
+    assert [t.config.model.hidden_size for t in tasks] == [64, 128, 64, 128]
+    assert tasks[3].run_dir == f"{tmp_path}/runs/lrscan/lrscan-lr0.003-wide"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("stages: []", "non-empty 'stages'"),
+        ("stages: [{name: a, command: pretrain}]", "'recipe' (or 'sweep') is required"),
+        ("stages: [{name: a, command: pretrain, recipe: nope.yaml}]", "file not found"),
+        ("stages: [{name: a, command: pretrain, recipe: TINY, colour: red}]", "unknown key(s) ['colour']"),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY}, {name: a, command: pretrain, recipe: TINY}]",
+            "duplicate stage name",
+        ),
+        ("stages: [{name: a, command: pretrain, recipe: TINY, after: [b]}]", "'after' names 'b'"),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY, over: a}]",
+            "'over: a' must name an earlier array",
+        ),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY, grid: {cluster.nodes: [1, 2]}}]",
+            "may not vary cluster",
+        ),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY, overrides: ['x={b.run_dir}']}]",
+            "names no earlier stage",
+        ),
+        ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [model.hidden=3]}]", "model.hidden"),
+        ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [parallel.tp=3]}]", "not divisible"),
+        ("stages: [{name: a, command: nosuch, recipe: TINY}]", "unknown command 'nosuch'"),
+    ],
+)
+def test_bad_pipelines_fail_with_a_clear_error(tmp_path, body, message):
+    pipe = _write(tmp_path / "bad.yaml", body.replace("TINY", TINY))
+    with pytest.raises(ConfigError) as e:
+        pipeline, root, rendered = prepare(pipe, [])
+        from echo_megatron.cluster.submit import missing_commands
+
+        missing_commands(rendered)
+    assert message in str(e.value)
+    assert "bad.yaml" in str(e.value) or "nosuch" in message or "not divisible" in message
+
+
+def test_submit_without_slurm_says_so(tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sbatch on PATH
+    out = subprocess.run(
+        [sys.executable, "-m", "echo_megatron", "submit", TINY, f"run_dir={tmp_path}/r"],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "'sbatch' not found" in out.stderr
+
+
+def test_status_reads_a_run_dir_without_slurm(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("iter_0000004\n")
+    (run / "config.yaml").write_text("train:\n  steps: 10\n")
+    rows = [{"step": s, "phase": "pretrain", "loss": 5.0 - s / 10} for s in range(1, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = collect(str(run))
+    assert len(got) == 1
+    assert got[0].progress == "step 4/10 loss 4.6"
+    assert got[0].checkpoint == "iter_0000004"
+    out = _cli("status", str(run), cwd=str(tmp_path))
+    assert out.returncode == 0 and "step 4/10 loss 4.6" in out.stdout and "iter_0000004" in out.stdout
+    text = format_rows(got, str(run))
+    assert text.splitlines()[0].split()[:3] == ["stage", "job", "state"]
