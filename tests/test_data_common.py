@@ -10,7 +10,12 @@ from echo_megatron.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "recipes" / "demo" / "testbed.yaml")
-SMALL = ["testbed.n_train=3000", "testbed.n_test=50", "testbed.tokenizer_vocab_size=512"]
+SMALL = [
+    "testbed.n_train=3000",
+    "testbed.n_test=50",
+    "testbed.tokenizer_vocab_size=512",
+    "model.seq_length=96",
+]
 
 
 def demo_cfg(out: Path, *overrides: str):
