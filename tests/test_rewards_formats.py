@@ -129,6 +129,8 @@ def test_truncated_testbed_generations_keep_their_format(shared_data):
         ("+ = ) ( 3 4 **", OTHER),
         ("42", OTHER),
         ("x = 5\nprint(x)", OTHER),
+        ("import os\nos.system('ls')", OTHER),
+        ("total = 5\nfor i in range(3):\n    total += i", OTHER),
         ("<llm-code-output>\n5\n</llm-code-output>", OTHER),
     ],
 )

@@ -30,6 +30,10 @@ _OPENS_WITH_DEF = re.compile(r"\s*(?:```[ \t]*(?:python|py)?[ \t]*\n\s*)?def[ \t
 _NL_FINAL = re.compile(r"\\boxed|\\fbox|####|\banswer\s+is\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _TAG = re.compile(r"</?[\w-]{1,40}>")  # markup such as <llm-code-output> is not prose
+_PY_STATEMENT = re.compile(
+    r"\s*(?:import\s|from\s+[\w.]+\s+import\s|[A-Za-z_][\w.\[\]'\"]*\s*[-+*/]?=[^=]|print\(|return\b|"
+    r"(?:for|while|if|elif|else|try|except|with|class)\b[^\n]*:\s*$|[A-Za-z_][\w.]*\([^\n]*\)\s*$|#)"
+)
 _PROSE_WINDOW = 4000  # characters looked at by the prose test
 _PROSE_MIN_WORDS = 2
 _PROSE_MIN_LETTER_SHARE = 0.3
@@ -77,6 +81,13 @@ def looks_like_prose(text: str) -> bool:
     return sum(map(len, words)) >= _PROSE_MIN_LETTER_SHARE * nonspace
 
 
+def looks_like_code(text: str) -> bool:
+    """At least half of the first 50 non-blank lines are Python statements (``x = ...``, ``import``, ``print(``,
+    ``return``, ``for ... :``, ...)."""
+    lines = [ln for ln in text[:_PROSE_WINDOW].splitlines() if ln.strip()][:50]
+    return bool(lines) and sum(bool(_PY_STATEMENT.match(ln)) for ln in lines) >= 0.5 * len(lines)
+
+
 def classify_format(text: str | None) -> str:
     r"""The output format of one generated solution: ``code``, ``code_interp``, ``nl``, ``other`` or ``empty``.
 
@@ -96,7 +107,8 @@ def classify_format(text: str | None) -> str:
        ``code_interp``; a code solution whose docstring or comments mention "the answer is" is ``code``; and a
        complete natural-language answer followed by a runaway continuation that starts writing code is ``nl``.
     3. ``nl``: no marker but prose (tags such as ``<llm-code-output>`` aside, at least two words, letters >= 30%
-       of non-space characters): a natural-language solution truncated before its final answer.
+       of non-space characters) that is not mostly Python statements: a natural-language solution truncated
+       before its final answer.
     4. ``other``: everything else (symbol soup, bare numbers, code without a recognised format).
     """
     if text is None or not isinstance(text, str) or not text.strip():
@@ -109,6 +121,6 @@ def classify_format(text: str | None) -> str:
     found = [(pos, fmt) for fmt, pos in positions.items() if pos >= 0]
     if found:
         return min(found)[1]
-    if looks_like_prose(text):
+    if looks_like_prose(text) and not looks_like_code(text):
         return NL
     return OTHER

@@ -117,9 +117,11 @@ def compile_prefix(source: str, needs: str | None = None):
 
 
 def _value_text(value: object) -> str | None:
+    """The answer as text (None for None). Raises what ``str`` raises: an answer that cannot be printed (an int
+    past Python's 4300-digit limit, a hostile ``__str__``) is the program's error, not a value."""
     if value is None:
         return None
-    text = _safe_str(value).strip()
+    text = str(value)[:MAX_VALUE_CHARS].strip()
     return text or None
 
 

@@ -164,9 +164,15 @@ class Worker:
         self.max_output = int(init["max_output_bytes"])
         self.base = init["base"]
         self.pid = os.getpid()
-        self.isolation: dict = {"notes": []}
+        self.isolation: dict = {
+            "netns": False,
+            "mountns": False,
+            "userns": False,
+            "private_tmp": False,
+            "notes": [],
+        }
         if init.get("namespaces", True):
-            self.isolation = enter_namespaces(self.base)
+            self.isolation.update(enter_namespaces(self.base))
         else:
             self.isolation["notes"].append("namespaces disabled by config")
         self.tmp_root = "/tmp" if self.isolation.get("private_tmp") else self.base
@@ -174,6 +180,11 @@ class Worker:
         if init.get("privdrop", True) and os.geteuid() == 0 and not self.isolation.get("userns"):
             self.uid = int(init["uid"])
         self.isolation["privdrop"] = self.uid is not None
+        if self.uid is not None and not self.isolation["mountns"] and _blocked_ancestor(sys.prefix):
+            self.isolation["notes"].append(
+                f"{_blocked_ancestor(sys.prefix)} is private and there is no mount namespace to expose Python: "
+                f"programs (uid {self.uid}) can import only the preloaded modules"
+            )
         self.preloaded, failed = [], []
         for name in init.get("preload", []):
             try:
