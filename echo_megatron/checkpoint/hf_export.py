@@ -1,0 +1,201 @@
+"""Export a checkpoint to a HuggingFace ``transformers`` model directory (config.json + model.safetensors).
+
+Architecture: non-parametric LayerNorm (OLMo-1 style) -> ``OlmoForCausalLM``; RMSNorm -> ``LlamaForCausalLM``.
+Both are pre-norm decoders with SwiGLU and non-interleaved RoPE over the whole head (megatron's default and
+HF's ``rotate_half``), so only the fused matrices need rearranging:
+
+* ``linear_qkv``: megatron stores, per query group g, [q heads of g ; k_g ; v_g] (rows of head_dim each);
+  HF has separate q/k/v with query head h served by kv head h // (heads / groups): the same order.
+* ``linear_fc1`` with SwiGLU: [gate ; up] stacked (megatron's glu: silu(first half) * second half).
+
+The vocabulary keeps megatron's padding (``vocab_size`` = the padded size), so the exported model computes
+the same logits, and log-probs, as ours; the tokenizer never produces the padding ids. The checkpoint is
+loaded at TP = 1, PP = 1 in one process (dist_checkpointing reshards any saved layout).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import torch
+
+from echo_megatron.config import ConfigError
+
+
+def hf_architecture(model_cfg) -> str:
+    """``OlmoForCausalLM`` | ``LlamaForCausalLM`` for ``cfg.model``; a clear error when none matches."""
+    m = model_cfg
+    problems = []
+    if m.activation != "swiglu":
+        problems.append(f"model.activation={m.activation} (both targets use SwiGLU)")
+    if m.position_embedding_type != "rope":
+        problems.append(f"model.position_embedding_type={m.position_embedding_type} (both targets use RoPE)")
+    if m.normalization == "NonParametricLayerNorm":
+        if m.add_bias_linear:
+            problems.append("model.add_bias_linear=true (OLMo has no MLP biases)")
+        if abs(m.layernorm_epsilon - 1e-5) > 1e-12:
+            problems.append(f"model.layernorm_epsilon={m.layernorm_epsilon} (OLMo's LayerNorm uses 1e-5)")
+        arch = "OlmoForCausalLM"
+    elif m.normalization == "RMSNorm":
+        arch = "LlamaForCausalLM"
+    else:
+        problems.append(
+            f"model.normalization={m.normalization} (NonParametricLayerNorm -> OLMo, RMSNorm -> Llama)"
+        )
+        arch = ""
+    if problems:
+        raise ConfigError("export-hf: no matching transformers architecture: " + "; ".join(problems))
+    return arch
+
+
+def hf_config(model_cfg, padded_vocab: int, eod_id: int, pad_id: int, dtype: torch.dtype):
+    """The ``transformers`` config matching ``cfg.model``."""
+    from transformers import LlamaConfig, OlmoConfig
+
+    m = model_cfg
+    arch = hf_architecture(m)
+    common = dict(
+        vocab_size=padded_vocab,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.ffn_hidden_size or 4 * m.hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_query_groups or m.num_attention_heads,
+        hidden_act="silu",
+        max_position_embeddings=m.seq_length,
+        initializer_range=m.init_method_std,
+        rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)},
+        attention_bias=bool(m.add_bias_linear),
+        tie_word_embeddings=not m.untie_embeddings_and_output_weights,
+        bos_token_id=None,
+        eos_token_id=eod_id,
+        pad_token_id=pad_id,
+        dtype=dtype,
+    )
+    if arch == "OlmoForCausalLM":
+        cfg = OlmoConfig(**common)
+    else:
+        cfg = LlamaConfig(**common, rms_norm_eps=m.layernorm_epsilon, mlp_bias=bool(m.add_bias_linear))
+    cfg.architectures = [arch]
+    return cfg
+
+
+def split_qkv(w: torch.Tensor, heads: int, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Megatron fused QKV (weight [groups*(heads/groups+2)*d, h] or bias [...]) -> (q, k, v) in HF order."""
+    per = heads // groups
+    rest = w.shape[1:]
+    d = w.shape[0] // (groups * (per + 2))
+    w = w.reshape(groups, per + 2, d, *rest)
+    q = w[:, :per].reshape(heads * d, *rest)
+    k = w[:, per].reshape(groups * d, *rest)
+    v = w[:, per + 1].reshape(groups * d, *rest)
+    return q, k, v
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.Tensor]:
+    """Megatron GPTModel state dict (TP = 1, local layer spec) -> HF Llama/OLMo state dict."""
+    m = model_cfg
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
+    if m.untie_embeddings_and_output_weights:
+        out["lm_head.weight"] = sd["output_layer.weight"]
+    if "decoder.final_layernorm.weight" in sd:
+        out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
+    for i in range(m.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            key = f"{src}self_attention.linear_qkv.{kind}"
+            if key in sd:
+                q, k, v = split_qkv(sd[key], heads, groups)
+                out[f"{dst}self_attn.q_proj.{kind}"] = q
+                out[f"{dst}self_attn.k_proj.{kind}"] = k
+                out[f"{dst}self_attn.v_proj.{kind}"] = v
+            key = f"{src}self_attention.linear_proj.{kind}"
+            if key in sd:
+                out[f"{dst}self_attn.o_proj.{kind}"] = sd[key]
+            key = f"{src}mlp.linear_fc1.{kind}"
+            if key in sd:
+                gate, up = torch.chunk(sd[key], 2, dim=0)
+                out[f"{dst}mlp.gate_proj.{kind}"] = gate
+                out[f"{dst}mlp.up_proj.{kind}"] = up
+            key = f"{src}mlp.linear_fc2.{kind}"
+            if key in sd:
+                out[f"{dst}mlp.down_proj.{kind}"] = sd[key]
+        if f"{src}input_layernorm.weight" in sd:
+            out[f"{dst}input_layernorm.weight"] = sd[f"{src}input_layernorm.weight"]
+        if f"{src}pre_mlp_layernorm.weight" in sd:
+            out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}pre_mlp_layernorm.weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def megatron_state_dict(model) -> dict[str, torch.Tensor]:
+    """Plain tensors of a TP = 1 GPTModel (megatron's ``_extra_state`` entries dropped)."""
+    return {
+        k: v.detach().cpu()
+        for k, v in model.state_dict().items()
+        if torch.is_tensor(v) and "_extra_state" not in k
+    }
+
+
+def build_hf_model(model, model_cfg, eod_id: int, pad_id: int, dtype: torch.dtype = torch.float32):
+    """A ``transformers`` model holding ``model``'s weights (``model``: a TP = 1 megatron GPTModel)."""
+    from transformers import AutoModelForCausalLM
+
+    sd = megatron_state_dict(model)
+    padded_vocab = sd["embedding.word_embeddings.weight"].shape[0]
+    config = hf_config(model_cfg, padded_vocab, eod_id, pad_id, dtype)
+    hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {k: v.to(dtype) for k, v in to_hf_state_dict(sd, model_cfg).items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"export-hf: weight mapping mismatch: missing {missing}, unexpected {unexpected}")
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str) -> None:
+    """tokenizer.json + tokenizer_config.json (``AutoTokenizer.from_pretrained(out_dir)`` loads them)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = tokenizer.path
+    if os.path.isfile(path):
+        fast = PreTrainedTokenizerFast(
+            tokenizer_file=path,
+            eos_token=tokenizer.token(tokenizer.eod),
+            pad_token=tokenizer.token(tokenizer.pad),
+        )
+        fast.save_pretrained(out_dir)
+    elif os.path.isdir(path):
+        for name in os.listdir(path):
+            if name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+                shutil.copy(os.path.join(path, name), out_dir)
+    else:  # a hub name loaded through AutoTokenizer
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
+
+
+def export_hf(checkpoint: str, out_dir: str, dtype: str = "float32", overrides: tuple[str, ...] = ()) -> str:
+    """Load ``checkpoint`` (any layout) at TP = PP = 1 and write a transformers model to ``out_dir``."""
+    from echo_megatron.checkpoint.dist import find_checkpoint
+    from echo_megatron.config import load_config
+    from echo_megatron.distributed.init import detect_env
+    from echo_megatron.rollout.loading import load_policy, run_config_path
+
+    if detect_env().world_size != 1:
+        raise ConfigError("export-hf runs in one process (it reshards any TP/PP layout to TP=1 PP=1 itself)")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ConfigError(f"export-hf: --dtype must be float32, bfloat16 or float16, not {dtype}")
+    hf_architecture(load_config(run_config_path(find_checkpoint(checkpoint)), list(overrides)).model)
+    policy = load_policy(checkpoint, [*overrides, "parallel.sequence_parallel=false"], tp=1)
+    hf = build_hf_model(policy.model, policy.cfg.model, policy.eod_id, policy.pad_id, torch_dtype)
+    os.makedirs(out_dir, exist_ok=True)
+    hf.save_pretrained(out_dir, safe_serialization=True)
+    if policy.tokenizer is not None:
+        save_tokenizer(policy.tokenizer, out_dir)
+    return out_dir
