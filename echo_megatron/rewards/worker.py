@@ -10,8 +10,10 @@ Isolation, set up once per worker (``enter_namespaces``):
               host disk, and cost microseconds instead of an ext4 rmdir) and /tmp, /var/tmp and /dev/shm are
               bind mounts of it (so "/tmp" writes stay in the sandbox dir even without seccomp).
     non-root  the same inside a new user namespace where the kernel allows one; otherwise none (reported).
-Then per program, in the child (``child_main``), in this order:
-    setsid; stdin/stdout/stderr -> /dev/null, every other descriptor closed but the result pipe (fd 3); cwd = a
+Then per program, in the child (``child_main``), which the worker forks ahead of time ("armed": it hardens itself
+while the worker waits for the next job, then reads the job from a pipe), in this order:
+    setsid; stdin/stdout/stderr -> /dev/null, every other descriptor closed but the result pipe (fd 3) and the
+    job pipe (fd 4, closed once read); cwd = a
     fresh directory (mode 700, owned by the sandbox uid, removed afterwards); environment emptied (HOME and
     TMPDIR = that directory); rlimits CPU = ceil(timeout) s (hard +1), AS = current size + memory_mb,
     FSIZE = output cap, NOFILE = 64, NPROC = 0, CORE = 0; as root, drop to a per-worker uid/gid with no
@@ -26,6 +28,7 @@ cpu, SIGSEGV -> crash, ...).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import importlib
 import json
@@ -46,6 +49,8 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
 MS_REC = 0x4000
@@ -95,6 +100,7 @@ def enter_namespaces(base: str) -> dict:
         info["scratch_tmpfs"] = True
         if os.geteuid() == 0:
             info["exposed"] = expose_python(base)
+        info["kept_from_tmp"] = keep_python_in_scratch(base)
         for target in ("/var/tmp", "/dev/shm", "/tmp"):  # /tmp last: binding it hides ``base``'s path
             if os.path.isdir(target):
                 _sys(
@@ -118,6 +124,40 @@ def _blocked_ancestor(path: str) -> str | None:
     return None
 
 
+def python_paths(nested: bool = False) -> list[str]:
+    """This interpreter's prefixes and import paths (real paths; unless ``nested``, those inside another one
+    left out)."""
+    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
+    paths = sorted({os.path.realpath(p) for p in wanted if p and os.path.isabs(p) and os.path.exists(p)})
+    if nested:
+        return paths
+    return [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
+
+
+def keep_python_in_scratch(base: str) -> list[str]:
+    """Python paths under /tmp, /var/tmp or /dev/shm (a venv in /tmp, say) would vanish when those become
+    ``base``: bind each read-only to the same relative place inside ``base``."""
+    kept: list[str] = []
+    real_base = os.path.realpath(base)
+    for p in python_paths(nested=True):  # "/tmp" itself (a caller's cwd) is skipped, "/tmp/venv" kept
+        if p == real_base or p.startswith(real_base + "/") or any(p.startswith(k + "/") for k in kept):
+            continue
+        for hidden in ("/tmp", "/var/tmp", "/dev/shm"):
+            if not p.startswith(hidden + "/"):
+                continue
+            target = os.path.join(base, os.path.relpath(p, hidden))
+            if os.path.isdir(p):
+                os.makedirs(target, mode=0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+                open(target, "a").close()
+            _sys(_libc.mount(p.encode(), target.encode(), None, MS_BIND | MS_REC, None), f"bind {p}")
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+            _sys(_libc.mount(None, target.encode(), None, flags, None), f"read-only {p}")
+            kept.append(p)
+    return kept
+
+
 def expose_python(base: str) -> list[str]:
     """Let a dropped uid import from this Python even when it lives under a private directory (pyenv in /root).
 
@@ -125,11 +165,8 @@ def expose_python(base: str) -> list[str]:
     ``base``, a tmpfs (mode 755) is mounted over A, and the mounts are moved back to their paths inside it:
     the sandbox sees the interpreter and its packages there, and nothing else of A.
     """
-    wanted = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path}
-    paths = sorted({os.path.realpath(p) for p in wanted if p and os.path.isabs(p) and os.path.exists(p)})
-    paths = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
     blocked: dict[str, list[str]] = {}
-    for p in paths:
+    for p in python_paths():
         a = _blocked_ancestor(p)
         if a is not None and a != p:
             blocked.setdefault(a, []).append(p)
@@ -147,6 +184,13 @@ def expose_python(base: str) -> list[str]:
             os.rmdir(stage)
             exposed.append(p)
     return exposed
+
+
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def vm_size_bytes() -> int:
@@ -206,19 +250,22 @@ class Worker:
         self.isolation["seccomp"] = self.filter is not None
         if failed:
             self.isolation["notes"].append("not preloaded: " + ", ".join(failed))
+        self.armed: tuple[int, int, int, str] | None = None
         gc.collect()
         gc.freeze()  # keep the children's copy-on-write pages shared
 
     # --- the forked child ---------------------------------------------------------------------------------
-    def child_main(self, job: dict, w: int, rundir: str) -> None:
-        """Runs in the fork: harden, run the job, write the reply to fd 3, _exit. Never returns."""
+    def child_main(self, job_r: int, res_w: int, rundir: str) -> None:
+        """Runs in the fork: harden, wait for the job on fd 4, run it, write the reply to fd 3, _exit."""
         try:
             os.setsid()
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            os.dup2(w, 3)
-            os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            res_w, job_r = fcntl.fcntl(res_w, fcntl.F_DUPFD, 16), fcntl.fcntl(job_r, fcntl.F_DUPFD, 16)
+            os.dup2(res_w, 3)  # (moved above 15 first, so that neither lands on the other's target)
+            os.dup2(job_r, 4)
+            os.closerange(5, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
             os.chdir(rundir)
             os.environ.clear()
             os.environ.update(HOME=rundir, TMPDIR=rundir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
@@ -243,6 +290,8 @@ class Worker:
                 os._exit(EXIT_SETUP_FAILED)
             if self.filter is not None:
                 self.filter.load()
+            job = json.loads(_read_to_eof(4))
+            os.close(4)
         except BaseException as e:
             msg = {"value": None, "equal": None, "error": "sandbox", "detail": f"child setup: {e!r}"}
             try:
@@ -258,25 +307,51 @@ class Worker:
             os._exit(0)
 
     # --- the worker side of one program -------------------------------------------------------------------
-    def run(self, job: dict) -> dict:
-        t0 = time.perf_counter()
-        deadline = t0 + self.timeout_s
+    def arm(self) -> None:
+        """Fork the next child now, so that it hardens itself while the worker waits for the next job."""
         rundir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
         if self.uid is not None:
             os.chown(rundir, self.uid, self.uid)
-        r, w = os.pipe()
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(r)
-                self.child_main(job, w, rundir)
+                self.child_main(job_r, res_w, rundir)
             finally:
                 os._exit(EXIT_SETUP_FAILED)
-        os.close(w)
+        os.close(job_r)
+        os.close(res_w)
+        self.armed = (pid, job_w, res_r, rundir)
+
+    def disarm(self) -> None:
+        """Kill the waiting child (at exit)."""
+        if self.armed is not None:
+            pid, job_w, res_r, rundir = self.armed
+            self.armed = None
+            os.close(job_w)
+            os.close(res_r)
+            self._reap(pid, 0.0, "exit")
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    def run(self, job: dict) -> dict:
+        """Hand ``job`` to the armed child and collect its reply within the deadline."""
+        if self.armed is None:
+            self.arm()
+        pid, job_w, res_r, rundir = self.armed
+        self.armed = None
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout_s
         try:
-            data, why = self._collect(r, deadline)
+            try:
+                write_all(job_w, json.dumps(job).encode())
+            except OSError:
+                pass  # the child died before its job: its exit status tells why
+            finally:
+                os.close(job_w)
+            data, why = self._collect(res_r, deadline)
         finally:
-            os.close(r)
+            os.close(res_r)
         status, rusage, why = self._reap(pid, deadline, why)
         shutil.rmtree(rundir, ignore_errors=True)
         reply = self._interpret(data, status, rusage, why)
@@ -388,9 +463,11 @@ def main() -> int:
         return 1
     ready = {"type": "ready", "pid": worker.pid, "isolation": worker.isolation, "preloaded": worker.preloaded}
     write_all(proto_out, encode_frame(ready))
+    worker.arm()
     while True:
         job = read_frame(proto_in)
         if job is None:
+            worker.disarm()
             return 0
         try:
             reply = worker.run(job)
@@ -404,6 +481,10 @@ def main() -> int:
             }
         reply["type"], reply["id"] = "result", job.get("id")
         write_all(proto_out, encode_frame(reply))
+        try:
+            worker.arm()  # the next child hardens itself while the controller sends the next job
+        except OSError:
+            pass  # e.g. no memory to fork right now: run() arms on demand
 
 
 if __name__ == "__main__":

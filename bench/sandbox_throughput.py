@@ -1,0 +1,103 @@
+"""Sandbox throughput: programs/s of the pre-forked SandboxPool vs one fresh ``python`` subprocess per program.
+
+Both paths run the 1,000 shared TinyGSM-style solutions (fences removed, ``simple_math_problem()`` called) with
+the same parallelism (``--workers``, default 2 = the CI machine's cores), in the same run:
+
+    pool        ``score(completions, ..., "gsm8k", pool=pool)``: classification, extraction, every program in a
+                hardened fork (rlimits, uid drop, namespaces, seccomp), the result read back;
+    subprocess  ``python -c '<program>; print(simple_math_problem())'`` per program, ``--workers`` at a time,
+                no sandboxing at all; on ``--baseline-n`` programs (default 150) and extrapolated to 1,000,
+                since a fresh interpreter costs ~100-160 ms here.
+
+Prints programs/s for both paths and the ratio. Targets on 2 cores: >= 200 programs/s and >= 10x.
+
+    python bench/sandbox_throughput.py [--workers 2] [--baseline-n 150] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ECHO_SHARED_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO))
+
+from echo_megatron.rewards import SandboxPool, score  # noqa: E402
+from echo_megatron.rewards.extract import code_program  # noqa: E402
+
+
+def solutions() -> list[str]:
+    path = SHARED / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl"
+    return [json.loads(line)["assistant"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def pool_rate(comps: list[str], workers: int, repeat: int) -> tuple[float, int, dict]:
+    """(programs/s, programs that returned a value, isolation) over ``repeat`` passes of all programs."""
+    with SandboxPool(workers=workers) as pool:
+        pool.wait_ready()
+        score(comps[:20], ["0"] * 20, "gsm8k", pool=pool)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            results = score(comps, ["0"] * len(comps), "gsm8k", pool=pool)
+        dt = time.perf_counter() - t0
+        return repeat * len(comps) / dt, sum(r.extracted is not None for r in results), pool.isolation
+
+
+def _one_subprocess(code: str) -> bool:
+    program = code + "\nprint(simple_math_problem())\n"
+    try:
+        out = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=3, text=True)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def subprocess_rate(comps: list[str], workers: int, n: int) -> tuple[float, int]:
+    programs = [code_program(c) for c in comps[:n]]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as ex:
+        ok = sum(ex.map(_one_subprocess, programs))
+    return len(programs) / (time.perf_counter() - t0), ok
+
+
+def bare_start_ms(k: int = 5) -> float:
+    t0 = time.perf_counter()
+    for _ in range(k):
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return (time.perf_counter() - t0) / k * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--baseline-n", type=int, default=150, help="programs run by the subprocess baseline")
+    ap.add_argument("--repeat", type=int, default=1, help="passes over the 1,000 programs on the pool path")
+    args = ap.parse_args()
+    comps = solutions()
+    print(f"{len(comps)} TinyGSM-style programs, {args.workers} workers, {os.cpu_count()} CPUs")
+    print(f"bare `python -c pass` start: {bare_start_ms():.0f} ms")
+    rate_pool, returned, iso = pool_rate(comps, args.workers, args.repeat)
+    layers = [k for k in ("netns", "mountns", "privdrop", "seccomp") if iso.get(k)]
+    print(
+        f"pool:       {rate_pool:7.1f} programs/s  ({returned}/{len(comps)} returned a value; layers: {layers})"
+    )
+    rate_sub, ok = subprocess_rate(comps, args.workers, args.baseline_n)
+    n = min(args.baseline_n, len(comps))
+    print(
+        f"subprocess: {rate_sub:7.1f} programs/s  ({ok}/{n} returned a value; measured on {n} programs, "
+        f"1,000 would take ~{len(comps) / rate_sub:.0f} s)"
+    )
+    ratio = rate_pool / rate_sub
+    print(f"ratio pool / subprocess: {ratio:.1f}x   (targets: >= 200 programs/s, >= 10x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
