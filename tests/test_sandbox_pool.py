@@ -166,3 +166,15 @@ def test_seccomp_filter_kills_denied_calls_only():
         _, status = os.waitpid(pid, 0)
         got = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         assert got == expected, (code, got)
+
+
+def test_a_forked_copy_of_the_owner_cannot_stop_the_workers(pool):
+    """A DataLoader-style fork of the process that owns the pool may close its copy; the workers live on."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool._finalizer()  # what close() / interpreter exit would run in the fork
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert [r["value"] for r in pool.run([fn("return 9")] * 2)] == ["9", "9"]

@@ -10,6 +10,11 @@ leaks the caller's environment variables. The worker forks one hardened child pe
 every layer); the caller only exchanges JSON frames with the workers over pipes, from one thread, with a
 select() loop — no threads or signal handlers are added to the caller.
 
+Violations: the process that ran the program is always a fresh fork of the worker, and on any violation
+(timeout, CPU, memory, output cap, forbidden call, crash) that process is SIGKILLed and the next program gets a new
+one; the worker that forks never executes model code, so nothing a program did survives it. This is stronger than
+recycling a worker that ran programs itself, and avoids paying an interpreter start per violation.
+
 Failure handling: a worker that dies, misbehaves or stops answering (deadline = timeout + 5 s) is SIGKILLed
 with its whole session and replaced; its in-flight job gets the error kind ``sandbox`` or ``timeout``. A worker
 that fails to start three times in a row raises ``SandboxError`` naming the reason. ``close()`` is idempotent
@@ -89,8 +94,11 @@ def _kill_slot(slot: _Slot) -> None:
     shutil.rmtree(slot.base, ignore_errors=True)
 
 
-def _shutdown(slots: list[_Slot]) -> None:
-    """Close every worker: EOF on stdin lets it exit by itself; whatever is left after 2 s is killed."""
+def _shutdown(slots: list[_Slot], owner_pid: int) -> None:
+    """Close every worker: EOF on stdin lets it exit by itself; whatever is left after 2 s is killed.
+    A no-op in a forked copy of the owner (a DataLoader worker, say): the workers are not its to stop."""
+    if os.getpid() != owner_pid:
+        return
     for slot in slots:
         try:
             slot.proc.stdin.close()
@@ -150,7 +158,7 @@ class SandboxPool:
         self._start_failures = 0
         self._closed = False
         self._slots: list[_Slot] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._slots)
+        self._finalizer = weakref.finalize(self, _shutdown, self._slots, os.getpid())
         for i in range(self.workers):
             self._slots.append(self._spawn(i, LIGHT))
 

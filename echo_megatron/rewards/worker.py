@@ -265,7 +265,8 @@ class Worker:
             res_w, job_r = fcntl.fcntl(res_w, fcntl.F_DUPFD, 16), fcntl.fcntl(job_r, fcntl.F_DUPFD, 16)
             os.dup2(res_w, 3)  # (moved above 15 first, so that neither lands on the other's target)
             os.dup2(job_r, 4)
-            os.closerange(5, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            os.closerange(5, soft if 0 < soft < (1 << 20) else (1 << 20))
             os.chdir(rundir)
             os.environ.clear()
             os.environ.update(HOME=rundir, TMPDIR=rundir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
