@@ -103,7 +103,8 @@ def test_1b_pipeline_dry_run_prints_complete_chained_scripts(tmp_path):
     ids=["srun", "pyxis", "apptainer", "site-options"],
 )
 def test_rendered_variants_pass_shellcheck(tmp_path, overrides):
-    _, _, rendered = prepare(TINY, overrides, "pretrain", ["cluster.nodes=2", "cluster.gpus_per_node=4"])
+    layout = ["cluster.nodes=2", "cluster.gpus_per_node=4", "train.global_batch_size=16"]
+    _, _, rendered = prepare(TINY, overrides, "pretrain", layout)
     script = rendered[0].script
     _shellcheck(script, tmp_path)
     text = " ".join(overrides)
@@ -130,7 +131,7 @@ def test_rendered_variants_pass_shellcheck(tmp_path, overrides):
 
 
 def test_cpu_recipes_request_no_gpus():
-    _, _, rendered = prepare(TINY, [], "pretrain")
+    _, _, rendered = prepare(TINY, ["cluster.gpus_per_node=2"], "pretrain")
     assert "--gpus-per-node" not in rendered[0].script
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in rendered[0].script
 
@@ -146,6 +147,7 @@ def test_grid_and_over_stages_become_arrays_with_aftercorr(tmp_path):
         f"""
 name: scan
 run_dir: {tmp_path}/runs/scan
+cluster: {{gpus_per_node: 1}}
 stages:
   - name: pre
     command: pretrain
@@ -188,7 +190,7 @@ def test_a_sweep_grid_submits_as_one_job_array(tmp_path):
 name: lrscan
 base: {TINY}
 run_dir: {tmp_path}/runs/{{grid}}/{{name}}
-set: {{train.steps: 3}}
+set: {{train.steps: 3, cluster.gpus_per_node: 1}}
 axes:
   optimizer.lr: [0.001, 0.003]
   width: {{narrow: {{model.hidden_size: 64}}, wide: {{model.hidden_size: 128}}}}
@@ -232,6 +234,10 @@ axes:
         ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [model.hidden=3]}]", "model.hidden"),
         ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [parallel.tp=3]}]", "not divisible"),
         ("stages: [{name: a, command: nosuch, recipe: TINY}]", "unknown command 'nosuch'"),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY, overrides: [cluster.gpus_per_node=3]}]",
+            "global_batch_size 8 is not a multiple of train.micro_batch_size x data-parallel size = 2 x 3",
+        ),
     ],
 )
 def test_bad_pipelines_fail_with_a_clear_error(tmp_path, body, message):
@@ -242,13 +248,13 @@ def test_bad_pipelines_fail_with_a_clear_error(tmp_path, body, message):
 
         missing_commands(rendered)
     assert message in str(e.value)
-    assert "bad.yaml" in str(e.value) or "nosuch" in message or "not divisible" in message
+    assert "bad.yaml" in str(e.value) or "nosuch" in message or "stage 'a'" in str(e.value)
 
 
 def test_submit_without_slurm_says_so(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sbatch on PATH
     out = subprocess.run(
-        [sys.executable, "-m", "echo_megatron", "submit", TINY, f"run_dir={tmp_path}/r"],
+        [sys.executable, "-m", "echo_megatron", "submit", TINY, f"run_dir={tmp_path}/r", "cluster.gpus_per_node=1"],
         capture_output=True,
         text=True,
         cwd=str(tmp_path),

@@ -341,7 +341,7 @@ stages:
   - name: pretrain
     command: pretrain
     recipe: {TESTBED}
-    overrides: [train.steps=20, checkpoint.save_interval=10]
+    overrides: [train.steps=20, train.micro_batch_size=8, checkpoint.save_interval=10]
   - name: grpo
     command: rl
     recipe: {TESTBED}
@@ -356,16 +356,22 @@ stages:
     )
     _, _, rendered = prepare(pipe, [])
     missing = missing_commands(rendered)
-    if missing:
-        pytest.xfail(
-            f"NOT RUN YET: stage command(s) {missing} are not in the package yet (the lead's rl / eval)"
-        )
+    if missing:  # run the stages that exist now, then say loudly which are still missing
+        first_missing = next(i for i, r in enumerate(rendered) if r.job.stage.command in missing)
+        text = open(pipe, encoding="utf-8").read()
+        cut = text.index(f"  - name: {rendered[first_missing].job.stage.name}\n")
+        pipe = _write(tmp_path / "study_prefix.yaml", text[:cut])
     ids = submit(pipe, cwd=tmp_path)
     root = f"{tmp_path}/runs/study"
     for stage, job in ids.items():
         (rec,) = wait_final(job, 1200)
         assert rec["JobState"] == "COMPLETED", (stage, log_of(root, stage, job)[-3000:])
+    assert os.path.exists(f"{data}/testbed/tokenizer.json")
     assert read_metrics(f"{root}/pretrain", "pretrain")[-1]["step"] == 20
+    if missing:
+        pytest.xfail(
+            f"stages testbed -> preprocess -> pretrain ran; NOT RUN YET: {missing} (commands not in the package yet)"
+        )
     assert read_metrics(f"{root}/grpo", "rl")[-1]["step"] == 2
     with open(f"{root}/eval/eval/testbed.json", encoding="utf-8") as f:
         result = json.load(f)

@@ -159,7 +159,7 @@ def wants_gpus(cfg: DictConfig) -> bool:
     return bool(cfg.cluster.gpus) if cfg.cluster.gpus is not None else cfg.parallel.device != "cpu"
 
 
-def check_layout(cfg: DictConfig, where: str) -> None:
+def check_layout(cfg: DictConfig, where: str, command: str = "pretrain") -> None:
     c, p = cfg.cluster, cfg.parallel
     if c.launcher not in ("torchrun", "srun"):
         raise ConfigError(f"{where}: cluster.launcher '{c.launcher}' is not torchrun or srun")
@@ -171,6 +171,13 @@ def check_layout(cfg: DictConfig, where: str) -> None:
             f"{where}: {c.nodes} nodes x {c.gpus_per_node} = {world} ranks is not divisible by "
             f"parallel.tp * parallel.pp = {p.tp} * {p.pp}"
         )
+    dp = world // (p.tp * p.pp)
+    t = cfg.train
+    if command == "pretrain" and t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"{where}: train.global_batch_size {t.global_batch_size} is not a multiple of train.micro_batch_size "
+            f"x data-parallel size = {t.micro_batch_size} x {dp} ({world} ranks / tp {p.tp} / pp {p.pp})"
+        )
     for k in c.env:
         if not _ENV_NAME.match(str(k)):
             raise ConfigError(f"{where}: cluster.env key '{k}' is not a valid environment variable name")
@@ -181,7 +188,7 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
     cfg = job.tasks[0].config
     c = cfg.cluster
     where = f"stage '{job.stage.name}'"
-    check_layout(cfg, where)
+    check_layout(cfg, where, job.stage.command)
     runtime = container_runtime(c)
     gpus = wants_gpus(cfg)
     env = dict(BASE_ENV)
