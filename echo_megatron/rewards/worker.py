@@ -237,6 +237,8 @@ class Worker:
             except Exception as e:  # an optional library that is not installed
                 failed.append(f"{name}: {type(e).__name__}")
         importlib.import_module("echo_megatron.rewards.runner")
+        if "math_verify" in self.preloaded:  # the verify jobs' entry point, ready in every fork
+            importlib.import_module("echo_megatron.rewards.equivalence")
         self.filter = None
         if init.get("seccomp", True):
             try:
