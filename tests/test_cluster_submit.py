@@ -254,7 +254,15 @@ def test_bad_pipelines_fail_with_a_clear_error(tmp_path, body, message):
 def test_submit_without_slurm_says_so(tmp_path):
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sbatch on PATH
     out = subprocess.run(
-        [sys.executable, "-m", "echo_megatron", "submit", TINY, f"run_dir={tmp_path}/r", "cluster.gpus_per_node=1"],
+        [
+            sys.executable,
+            "-m",
+            "echo_megatron",
+            "submit",
+            TINY,
+            f"run_dir={tmp_path}/r",
+            "cluster.gpus_per_node=1",
+        ],
         capture_output=True,
         text=True,
         cwd=str(tmp_path),
