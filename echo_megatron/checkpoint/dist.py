@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from echo_megatron.training.faults import maybe_fail
+
 LATEST = "latest"
 
 
@@ -86,7 +88,11 @@ def _rng_sharded(data: dict | None):
 def _sharded_state(model: list, optimizer, is_loading: bool, with_rng: bool) -> dict:
     sd = _model_sharded(model)
     if optimizer is not None:
-        sd["optimizer"] = optimizer.sharded_state_dict(sd, is_loading=is_loading)
+        # fully_reshardable: the distributed optimizer's state is saved in the canonical per-parameter
+        # form, so it loads at any TP/PP/DP layout (the default flattened format is DP-only in 0.16).
+        sd["optimizer"] = optimizer.sharded_state_dict(
+            sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "dp_reshardable"}
+        )
     if with_rng:
         sd["rng"] = _rng_sharded(None if is_loading else _rng_state())
     return sd
@@ -120,6 +126,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
     dist_checkpointing.save(sd, tmp)
+    maybe_fail("kill_in_save", iteration)
     dist.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -177,6 +184,33 @@ def read_common_state(path: str) -> dict:
     return dist_checkpointing.load_common_state_dict(path)["common"]
 
 
+def _materialize_distributed_optimizer_state(optimizer) -> None:
+    """megatron's DistributedOptimizer builds its load template from existing Adam state (and asserts on
+    it); a fresh one has none. Megatron-LM's fix: one zero-grad step with dummy states, overwritten in
+    place by the load (the model weights are loaded in the same call, after it)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and len(opt.optimizer.state) == 0:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _restore_adam_steps(optimizer) -> None:
+    """megatron 0.16's DistributedOptimizer with the torch-Adam fallback (no Apex/TE) keeps the true step
+    count in each param group's ``step`` but leaves the per-parameter ``step`` tensors that torch's AdamW
+    uses for bias correction at their pre-load values (and may alias one tensor across parameters,
+    which foreach AdamW increments in place). Reset each parameter's own ``step`` from its group."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        for group in getattr(inner, "param_groups", []):
+            if "step" not in group:
+                continue
+            for p in group["params"]:
+                st = inner.state.get(p)
+                if st is not None and torch.is_tensor(st.get("step")):
+                    st["step"] = torch.tensor(float(group["step"]), dtype=st["step"].dtype)
+
+
 def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
     """Load into ``model`` (and optimizer / scheduler / RNG when given); returns the common state.
 
@@ -190,6 +224,8 @@ def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load
     if not common.get("has_optimizer", True):
         optimizer = None  # a weights-only checkpoint (e.g. the initial weights of train.steps=0)
     same_layout = common["layout"] == _layout()
+    if optimizer is not None:
+        _materialize_distributed_optimizer_state(optimizer)
     sd = _sharded_state(model, optimizer, is_loading=True, with_rng=load_rng and same_layout)
     loaded = dist_checkpointing.load(sd, path, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
     if len(model) == 1:
@@ -198,7 +234,9 @@ def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load
         for i, m in enumerate(model):
             _unwrap(m).load_state_dict(loaded[f"model{i}"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        with torch.no_grad():  # fp32 runs: the optimizer's main params are views of the model's leaves
+            optimizer.load_state_dict(loaded["optimizer"])
+        _restore_adam_steps(optimizer)
     if scheduler is not None and common.get("scheduler") is not None:
         scheduler.load_state_dict(common["scheduler"])
     if load_rng and same_layout and loaded.get("rng") is not None:

@@ -11,7 +11,9 @@ which is called only when the run's device is the CPU (never on GPU runs), and a
    schedule tensors on ``torch.cuda.current_device()``.
    It also answers ``Tensor.type()`` as ``torch.cuda.*Tensor`` for CPU tensors: the optimizer and
    grad clipping assert ``param.type() == 'torch.cuda.FloatTensor'`` to pick fp32 paths.
-2. ``torch.cuda.current_device`` -> 0, ``synchronize`` / ``empty_cache`` -> no-ops,
+2. ``torch.cuda.current_device`` -> ``torch.device("cpu")`` (not 0: megatron also calls it inside
+   autograd backward functions, e.g. the sequence-parallel reduce-scatter buffer, where the torch-function
+   mode of shim 1 is not active), ``synchronize`` / ``empty_cache`` -> no-ops,
    ``torch.cuda.Event`` -> a wall-clock event: called unconditionally by the schedules, timers,
    the DDP bucket code and the inference engine.
 3. ``CpuRNGStatesTracker``: megatron's RNG tracker (``model_parallel_cuda_manual_seed`` and every
@@ -136,7 +138,7 @@ def enable_cpu_shims() -> None:
         return
     if torch.cuda.is_available():
         raise RuntimeError("enable_cpu_shims() is for CPU-only runs; this machine has CUDA")
-    torch.cuda.current_device = lambda: 0
+    torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.empty_cache = lambda: None
     torch.cuda.Event = _WallClockEvent

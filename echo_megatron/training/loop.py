@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.rundir import RunDir
 from echo_megatron.training.batches import GlobalBatchSampler
+from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.metrics import MetricsLogger
 from echo_megatron.training.setup import build_train_state
 from echo_megatron.training.step import lm_loss, train_step
@@ -152,6 +153,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
             out.update(_source_counts(train_ds, first_sample, t.global_batch_size))
         if step % cfg.logging.log_interval == 0 or step == t.steps:
             logger.log(step, "pretrain", out)
+        maybe_fail("kill_at_step", step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
