@@ -120,3 +120,22 @@ def test_manifest_records_counts_and_source_revision(tmp_path):
         m["docs"] == 10 and m["format_counts"] == {"code": 10} and m["source_revision"].startswith("sha256:")
     )
     assert m["input"].endswith("tinygsm_style_gpt41_sample1000.jsonl") and m["bad_records"]["count"] == 0
+
+
+def test_chunk_writer_matches_megatron_per_document_builder(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from echo_megatron.data.preprocess import append_documents
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 1000, rng.integers(1, 50)) for _ in range(300)]
+    a = IndexedDatasetBuilder(str(tmp_path / "a.bin"), dtype=np.uint16)
+    for d in docs:
+        a.add_document(d, [len(d)])
+    a.finalize(str(tmp_path / "a.idx"))
+    b = IndexedDatasetBuilder(str(tmp_path / "b.bin"), dtype=np.uint16)
+    for part in (docs[:100], docs[100:]):
+        append_documents(b, np.concatenate(part), np.array([len(d) for d in part]))
+    b.finalize(str(tmp_path / "b.idx"))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()

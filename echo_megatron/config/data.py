@@ -52,7 +52,7 @@ class DataConfig:
     split: str = "98,2,0"
     seed: int = 1234
     num_workers: int = 2  # tokenizer worker processes for preprocess (0 or 1 = in-process)
-    chunk_docs: int = 512  # documents per work item sent to a preprocess worker
+    chunk_docs: int = 256  # documents per work item of a preprocess worker (small: a short tail)
     on_bad_record: str = "error"  # error | skip (malformed line or missing field; counted in the manifest)
     document_aligned: bool = False  # one document per row from position 0 (as at inference), padded
     loss_on: str = "all"  # all | solution (prompt-masked loss; needs the prompt-length sidecar)

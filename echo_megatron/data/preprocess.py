@@ -136,9 +136,21 @@ def plan_sources(cfg: Any) -> list[SourcePlan]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer: Tokenizer, source: str, type_: str, on_bad_record: str) -> None:
+def _init_worker(tokenizer: Tokenizer, source: str, type_: str, on_bad_record: str, dtype: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism is across processes
-    _WORKER.update(tokenizer=tokenizer, source=source, spec=get_spec(source, type_), on_bad=on_bad_record)
+    spec = get_spec(source, type_)
+    _WORKER.update(tokenizer=tokenizer, source=source, spec=spec, on_bad=on_bad_record, dtype=np.dtype(dtype))
+
+
+def _single_threaded() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism is across processes
+
+
+def token_dtype(vocab_size: int) -> type:
+    """The .bin token dtype megatron picks for a vocabulary (uint16 below 65,500 ids, else int32)."""
+    from megatron.core.datasets.indexed_dataset import DType
+
+    return DType.optimal_dtype(vocab_size)
 
 
 def documents_of_chunk(items: list[Record], spec: SourceSpec, source: str, on_bad: str):
@@ -166,10 +178,14 @@ def tokenize_chunk(items: list[Record]) -> dict[str, Any]:
     docs, filtered, bad = documents_of_chunk(items, _WORKER["spec"], _WORKER["source"], _WORKER["on_bad"])
     prompts = tok.encode_batch([d.prompt for d in docs])
     solutions = tok.encode_batch([d.solution for d in docs])
-    seqs = [p + s + [tok.eod] for p, s in zip(prompts, solutions)]
+    flat: list[int] = []
+    for p, s in zip(prompts, solutions):
+        flat += p
+        flat += s
+        flat.append(tok.eod)
     return {
-        "ids": np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=sum(map(len, seqs))),
-        "lengths": np.array([len(s) for s in seqs], dtype=np.int64),
+        "ids": np.array(flat, dtype=_WORKER["dtype"]),
+        "lengths": np.array([len(p) + len(s) + 1 for p, s in zip(prompts, solutions)], dtype=np.int64),
         "prompt_lens": np.array([len(p) for p in prompts], dtype=np.int32),
         "formats": np.array([FORMATS.index(d.format) for d in docs], dtype=np.int8),
         "filtered": filtered,
@@ -234,14 +250,35 @@ def tokenize_source(
 ) -> Iterator[dict[str, Any]]:
     """Tokenized chunks of one source, in input order; in ``num_workers`` processes when > 1."""
     chunks = _chunks(plan.records(), chunk_docs)
-    init_args = (tokenizer, plan.name, plan.spec.name, on_bad_record)
+    init_args = (
+        tokenizer,
+        plan.name,
+        plan.spec.name,
+        on_bad_record,
+        np.dtype(token_dtype(tokenizer.vocab_size)).name,
+    )
     if num_workers <= 1:
         _init_worker(*init_args)
         yield from map(tokenize_chunk, chunks)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+    if "fork" in mp.get_all_start_methods():
+        # forked workers inherit the parent's state: no tokenizer JSON (2 MB for OLMo) to unpickle in each
+        _WORKER.update(tokenizer=tokenizer, source=plan.name, spec=plan.spec, on_bad=on_bad_record)
+        _WORKER["dtype"] = np.dtype(init_args[-1])
+        pool = mp.get_context("fork").Pool(num_workers, initializer=_single_threaded)
+    else:
+        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=init_args)
+    with pool:
         yield from pool.imap(tokenize_chunk, chunks, chunksize=1)
+
+
+def append_documents(builder: Any, ids: np.ndarray, lengths: np.ndarray) -> None:
+    """Append documents (one sequence each) to a megatron ``IndexedDatasetBuilder`` in one write: the same
+    ``.bin``/``.idx`` as ``add_document(doc, [len(doc)])`` per document, without a Python call per document."""
+    builder.data_file.write(ids.astype(builder.dtype, copy=False).tobytes(order="C"))
+    start = len(builder.sequence_lengths)
+    builder.sequence_lengths.extend(int(n) for n in lengths)
+    builder.document_indices.extend(range(start + 1, start + len(lengths) + 1))
 
 
 def write_source(
@@ -253,13 +290,13 @@ def write_source(
     revision: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize one source into ``plan.prefix`` (.bin/.idx/.prompt_len.npy/.manifest.json); its manifest."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     t0 = time.perf_counter()
     revision = revision or plan.revision()
     os.makedirs(os.path.dirname(os.path.abspath(plan.prefix)), exist_ok=True)
     tmp = plan.prefix + ".tmp"
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    dtype = token_dtype(tokenizer.vocab_size)
     builder = IndexedDatasetBuilder(tmp + ".bin", dtype=dtype)
     limit = plan.cfg.max_docs
     docs = tokens = prompt_tokens = filtered = n_bad = records = 0
@@ -270,10 +307,7 @@ def write_source(
         for chunk in tokenize_source(plan, tokenizer, num_workers, chunk_docs, on_bad_record):
             n = len(chunk["lengths"]) if limit is None else min(len(chunk["lengths"]), limit - docs)
             lengths = chunk["lengths"][:n]
-            ids = chunk["ids"][: int(lengths.sum())].astype(dtype)
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            for i in range(n):
-                builder.add_document(ids[offsets[i] : offsets[i + 1]], [int(lengths[i])])
+            append_documents(builder, chunk["ids"][: int(lengths.sum())], lengths)
             prompt_lens.append(chunk["prompt_lens"][:n])
             docs, tokens = docs + n, tokens + int(lengths.sum())
             prompt_tokens += int(chunk["prompt_lens"][:n].sum())
