@@ -288,3 +288,44 @@ def test_status_reads_a_run_dir_without_slurm(tmp_path):
     assert out.returncode == 0 and "step 4/10 loss 4.6" in out.stdout and "iter_0000004" in out.stdout
     text = format_rows(got, str(run))
     assert text.splitlines()[0].split()[:3] == ["stage", "job", "state"]
+
+
+def _doc_yaml_blocks() -> list[str]:
+    with open(os.path.join(REPO, "docs", "cluster.md"), encoding="utf-8") as f:
+        text = f.read()
+    return [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+
+
+def test_docs_pipeline_is_the_recipe(tmp_path):
+    """The 1B pipeline shown in docs/cluster.md resolves to the same jobs as recipes/paper/1b_pipeline.yaml."""
+    shown = next(b for b in _doc_yaml_blocks() if "name: 1b_pipeline" in b)
+    paper = tmp_path / "paper"
+    shutil.copytree(os.path.join(REPO, "recipes", "paper"), paper)
+    (paper / "shown.yaml").write_text(shown)
+    ours = expand(load_pipeline(str(paper / "shown.yaml")))
+    real = expand(load_pipeline(PIPELINE_1B))
+    assert [j.stage.name for j in ours] == [j.stage.name for j in real]
+    for a, b in zip(ours, real):
+        ca, cb = a.tasks[0].config, b.tasks[0].config
+        assert ca == cb, a.stage.name
+
+
+def test_docs_scaling_study_dry_runs(tmp_path):
+    """The scaling study of docs/cluster.md: a 4-task pretraining array, then GRPO and eval task by task."""
+    shown = next(b for b in _doc_yaml_blocks() if "name: scaling" in b)
+    paper = tmp_path / "paper"
+    shutil.copytree(os.path.join(REPO, "recipes", "paper"), paper)
+    (paper / "scaling.yaml").write_text(shown)
+    out = _cli("submit", str(paper / "scaling.yaml"), "--dry-run", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    scripts = _split_scripts(out.stdout)
+    assert list(scripts) == ["pretrain", "grpo", "eval"]
+    assert "#SBATCH --array=0-3%2" in scripts["pretrain"]
+    assert "#SBATCH --array=0-3\n" in scripts["grpo"] and "#SBATCH --array=0-3\n" in scripts["eval"]
+    assert "--dependency=aftercorr:<pretrain>" in out.stdout and "--dependency=aftercorr:<grpo>" in out.stdout
+    _, _, rendered = prepare(str(paper / "scaling.yaml"), [])
+    presets = [t.config.model.preset for t in rendered[0].job.tasks]
+    assert presets == ["paper_150m", "paper_300m", "paper_500m", "paper_1b"]
+    assert [t.config.model.hidden_size for t in rendered[0].job.tasks] == [768, 1024, 1536, 2048]
+    for pre, rl in zip(rendered[0].job.tasks, rendered[1].job.tasks):
+        assert rl.config.rl.base == f"{pre.run_dir}/checkpoints"

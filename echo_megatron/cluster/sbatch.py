@@ -126,8 +126,9 @@ GPU_ENV = {
     "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # megatron: keep TP/SP communication kernels in issue order
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a failed collective aborts the job instead of hanging it
     "NCCL_DEBUG": "WARN",
+    "OMP_NUM_THREADS": "1",  # CPU threads per rank (data loading has its own workers)
 }
-BASE_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+BASE_ENV = {"PYTHONUNBUFFERED": "1"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
