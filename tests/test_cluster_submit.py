@@ -329,3 +329,37 @@ def test_docs_scaling_study_dry_runs(tmp_path):
     assert [t.config.model.hidden_size for t in rendered[0].job.tasks] == [768, 1024, 1536, 2048]
     for pre, rl in zip(rendered[0].job.tasks, rendered[1].job.tasks):
         assert rl.config.rl.base == f"{pre.run_dir}/checkpoints"
+
+
+EXAMPLES = {
+    "1b_pretrain_pyxis_torchrun.sbatch": [
+        "--container",
+        "/shared/images/echo-megatron.sqsh",
+        "--partition",
+        "gpu",
+        "--account",
+        "myproj",
+    ],
+    "1b_pretrain_apptainer_srun.sbatch": [
+        "cluster.launcher=srun",
+        "--container",
+        "/shared/images/echo-megatron.sif",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_slurm_examples_are_what_submit_writes(tmp_path, name):
+    """slurm/examples/*.sbatch are rendered by `submit --dry-run` (submit dir shown as /path/to/echo-megatron)."""
+    cwd = tmp_path / "echo-megatron"
+    cwd.mkdir()
+    recipe = os.path.join(REPO, "recipes", "paper", "1b_pretrain.yaml")
+    out = _cli("submit", recipe, *EXAMPLES[name], "--dry-run", cwd=str(cwd))
+    assert out.returncode == 0, out.stderr
+    script = out.stdout.split("\n", 1)[1].replace(str(cwd), "/path/to/echo-megatron")
+    path = os.path.join(REPO, "slurm", "examples", name)
+    if os.environ.get("ECHO_REGEN_EXAMPLES") == "1":
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(script)
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == script, f"{path} is stale: rerun with ECHO_REGEN_EXAMPLES=1"
