@@ -221,7 +221,7 @@ axes:
         ("stages: [{name: a, command: pretrain, recipe: TINY, after: [b]}]", "'after' names 'b'"),
         (
             "stages: [{name: a, command: pretrain, recipe: TINY, over: a}]",
-            "'over: a' must name an earlier array",
+            "'over: a' must name an earlier array stage",
         ),
         (
             "stages: [{name: a, command: pretrain, recipe: TINY, grid: {cluster.nodes: [1, 2]}}]",
@@ -234,6 +234,11 @@ axes:
         ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [model.hidden=3]}]", "model.hidden"),
         ("stages: [{name: a, command: pretrain, recipe: TINY, overrides: [parallel.tp=3]}]", "not divisible"),
         ("stages: [{name: a, command: nosuch, recipe: TINY}]", "unknown command 'nosuch'"),
+        (
+            "stages: [{name: a, command: pretrain, recipe: TINY, grid: {train.steps: [1]}},"
+            " {name: b, command: pretrain, recipe: TINY, over: a, grid: {train.steps: [2]}}]",
+            "at most one of 'grid', 'sweep' and 'over'",
+        ),
         (
             "stages: [{name: a, command: pretrain, recipe: TINY, overrides: [cluster.gpus_per_node=3]}]",
             "global_batch_size 8 is not a multiple of train.micro_batch_size x data-parallel size = 2 x 3",
@@ -363,3 +368,38 @@ def test_slurm_examples_are_what_submit_writes(tmp_path, name):
             f.write(script)
     with open(path, encoding="utf-8") as f:
         assert f.read() == script, f"{path} is stale: rerun with ECHO_REGEN_EXAMPLES=1"
+
+
+def test_a_pipeline_stage_can_run_a_sweep_grid_and_chain_over_it(tmp_path):
+    grid = _write(
+        tmp_path / "g.yaml",
+        f"""
+name: g
+base: {TINY}
+run_dir: {tmp_path}/runs/{{grid}}/{{name}}
+set: {{cluster.gpus_per_node: 1}}
+axes:
+  train.steps: [2, 3]
+""",
+    )
+    pipe = _write(
+        tmp_path / "p.yaml",
+        f"""
+name: swp
+run_dir: {tmp_path}/runs/swp
+cluster: {{gpus_per_node: 1}}
+stages:
+  - {{name: sw, command: pretrain, sweep: g.yaml}}
+  - {{name: after, command: pretrain, recipe: {TINY}, over: sw, overrides: ["checkpoint.load={{sw.run_dir}}/ckpt"]}}
+""",
+    )
+    assert grid
+    sw, after = expand(load_pipeline(pipe))
+    assert [t.run_dir for t in sw.tasks] == [f"{tmp_path}/runs/g/g-steps2", f"{tmp_path}/runs/g/g-steps3"]
+    assert [t.config.train.steps for t in sw.tasks] == [2, 3]
+    assert [t.config.checkpoint.load for t in after.tasks] == [f"{t.run_dir}/ckpt" for t in sw.tasks]
+    assert [t.run_dir for t in after.tasks] == [
+        f"{tmp_path}/runs/swp/after/g-steps2",
+        f"{tmp_path}/runs/swp/after/g-steps3",
+    ]
+    assert after.depends == [("aftercorr", "sw")]

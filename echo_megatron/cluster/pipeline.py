@@ -212,14 +212,12 @@ def load_pipeline(path: str) -> Pipeline:
             )
         earlier = [s.name for s in stages]
         over = raw.get("over")
+        if sum(map(bool, (grid, over, sweep))) > 1:
+            raise _fail(where, "use at most one of 'grid', 'sweep' and 'over'")
         if over is not None:
-            if grid:
-                raise _fail(where, "use either 'grid' or 'over', not both")
             target = next((s for s in stages if s.name == over), None)
-            if target is None or not (target.grid or target.over):
-                raise _fail(
-                    where, f"'over: {over}' must name an earlier array stage (one with 'grid' or 'over')"
-                )
+            if target is None or not target.is_array:
+                raise _fail(where, f"'over: {over}' must name an earlier array stage (grid, sweep or over)")
         after = _str_list(raw.get("after"), f"{where}: after") if "after" in raw else earlier[-1:]
         for dep in after:
             if dep not in earlier:
