@@ -8,15 +8,22 @@ from typing import Optional
 
 @dataclass
 class RolloutConfig:
+    """Sampling for RL, eval and ``echo-megatron generate`` (``rollout:`` section); see docs/rollout.md.
+
+    The names are the keyword arguments of ``Sampler.generate`` (echo_megatron/rollout/backend.py
+    ``SamplingParams.from_config``). Log-probs returned with each sample are log_softmax(logits / temperature)
+    at the sampled token (temperature 1 for greedy), unaffected by top-k / top-p.
+    """
+
     max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    top_k: int = 0  # 0 = off
     n: int = 8  # samples per prompt
-    batch_size: int = 64  # sequences decoded together
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
-    backend: str = "megatron"  # the KV-cache sampler over the megatron model
+    batch_size: int = 64  # sequences decoded together (rows of the preallocated KV cache)
+    stop: list[str] = field(default_factory=list)  # stop strings; the response text is cut before them
+    seed: int = 0  # each sequence draws from its own generator seeded by (seed, prompt index, sample index)
+    backend: str = "megatron"  # megatron: the in-process KV-cache sampler on the training weights
 
 
 @dataclass
