@@ -82,6 +82,7 @@ class RLConfig:
     """
 
     algorithm: str = "grpo"  # ppo | grpo | reinforce_pp | ei
+    seed: int = 0  # prompt order (epoch permutations)
     prompts: str = "gsm8k"  # a task name or a JSONL path with question/answer
     num_rollout_samples: int = 64  # prompts per step (samples per prompt: rollout.n)
     steps: int = 100

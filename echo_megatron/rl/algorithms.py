@@ -1,0 +1,178 @@
+"""PPO, GRPO and REINFORCE++-baseline as a few functions over the shared machinery (loop.py).
+
+An algorithm says whether it needs a critic, how its KL term enters (a k1 penalty in the per-token
+reward, or a k3 term in the loss), how sequence scores become per-token advantages, and its policy loss.
+Everything else (rollout, scoring, reference log-probs, micro-batching, the megatron update) is shared.
+The math is in ``functional.py`` (pure functions, tested against hand computations and NeMo-Aligner).
+Statistics that span the batch (advantage whitening) are taken over all data-parallel ranks, so a DP=2
+run equals a DP=1 run. Groups (the ``n`` samples of one prompt) never straddle ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from echo_megatron.rl import functional as F
+
+
+def dp_masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``functional.masked_whiten`` with the mean and (biased) variance taken over all DP ranks."""
+    from megatron.core import parallel_state as ps
+
+    v = F.zero_outside(values, mask).double()
+    m = mask.double()
+    stats = torch.stack([v.sum(), (v * v).sum(), m.sum()])
+    if dist.is_initialized():
+        dist.all_reduce(stats, group=ps.get_data_parallel_group())
+    mean = stats[0] / stats[2].clamp_min(1)
+    var = stats[1] / stats[2].clamp_min(1) - mean * mean
+    return F.zero_outside(((v - mean) * torch.rsqrt(var.clamp_min(0) + eps)).to(values.dtype), mask)
+
+
+class Algorithm:
+    name = "base"
+    needs_critic = False
+    kl_in_reward = False  # k1-style penalty folded into per-token rewards (PPO, REINFORCE++)
+
+    def __init__(self, rl: DictConfig, max_new_tokens: int) -> None:
+        self.rl = rl
+        self.beta = float(rl.initial_policy_kl_penalty)
+        self.max_new_tokens = max_new_tokens
+        est = rl.kl_estimator
+        self.kl_estimator = est if est != "auto" else ("k1" if self.kl_in_reward else "k3")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
+
+    # -- advantages ------------------------------------------------------------------------------------------
+    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
+        """Fill ``exp['advantages']`` (and ``exp['returns']`` for a critic) from sequence scores ``[B]``."""
+        raise NotImplementedError
+
+    def _reward_kl(self, exp: dict) -> torch.Tensor | None:
+        if not (self.kl_in_reward and self.beta > 0):
+            return None
+        return F.kl_estimate(exp["old_logp"], exp["ref_logp"], self.kl_estimator)
+
+    # -- losses ----------------------------------------------------------------------------------------------
+    def _agg(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The numerator of the configured aggregation; the denominator is ``denominator(mask)``."""
+        return F.aggregate_loss(
+            per_token,
+            mask,
+            self.rl.loss_agg,
+            num_tokens=1.0,
+            num_seqs=1.0,
+            norm_len=float(self.max_new_tokens),
+        )
+
+    def denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.rl.loss_agg == "token_mean":
+            return mask.sum().to(torch.int)
+        return torch.tensor(mask.shape[0], dtype=torch.int)
+
+    def policy_loss(self, mb: dict, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
+        """megatron per-token-loss triple: (numerator, denominator, {name: [sum, count]})."""
+        mask = mb["mask"]
+        tokens = mask.sum()
+        num, stats = F.ppo_clip_loss(
+            logp,
+            mb["old_logp"],
+            mb["advantages"],
+            mask,
+            self.rl.ratio_eps,
+            agg=self.rl.loss_agg,
+            num_tokens=1.0,
+            num_seqs=1.0,
+            norm_len=float(self.max_new_tokens),
+        )
+        report = {
+            "pg_loss": num.detach(),
+            "clip_frac": stats["clip_frac"] * tokens,
+            "approx_kl": stats["approx_kl"] * tokens,
+            "ratio": stats["ratio"] * tokens,
+            "entropy": F.masked_sum(entropy.detach(), mask),
+        }
+        if "ref_logp" in mb:
+            k = F.kl_estimate(logp, mb["ref_logp"], self.kl_estimator)
+            report["kl"] = F.masked_sum(k.detach(), mask)
+            if not self.kl_in_reward and self.beta > 0:
+                num = num + self.beta * self._agg(k, mask)
+        if self.rl.entropy_bonus:
+            num = num - self.rl.entropy_bonus * self._agg(entropy, mask)
+        den = self.denominator(mask)
+        out = {}
+        for k, v in report.items():
+            count = den if k == "pg_loss" else tokens
+            out[k] = torch.stack([v.detach().float().reshape(()), count.float().reshape(())])
+        return num, den, out
+
+
+class GRPO(Algorithm):
+    """Group-normalised outcome advantages, clipped surrogate, k3 KL in the loss (DeepSeekMath; NeMo-RL)."""
+
+    name = "grpo"
+
+    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
+        a = F.grpo_advantages(scores, group_size, eps=self.rl.adv_eps, scale_by_std=self.rl.grpo_scale_by_std)
+        exp["advantages"] = a[:, None] * exp["mask"]
+
+
+class ReinforcePP(Algorithm):
+    """REINFORCE++-baseline (Hu 2025): group-mean baseline, k1 reward penalty, batch whitening."""
+
+    name = "reinforce_pp"
+    kl_in_reward = True
+
+    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
+        mean, _ = F.group_mean_std(scores, group_size)
+        rewards = F.ppo_token_rewards(scores - mean, self._reward_kl(exp), exp["mask"], self.beta)
+        returns = F.discounted_returns(rewards, exp["mask"], self.rl.discount_factor)
+        exp["advantages"] = dp_masked_whiten(returns, exp["mask"])
+
+
+class PPO(Algorithm):
+    """PPO with a critic, GAE and a k1 KL penalty in the reward (InstructGPT; NeMo-Aligner's PPO)."""
+
+    name = "ppo"
+    needs_critic = True
+    kl_in_reward = True
+
+    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
+        rewards = F.ppo_token_rewards(scores, self._reward_kl(exp), exp["mask"], self.beta)
+        adv, ret = F.gae_advantages_and_returns(
+            rewards, exp["old_values"], exp["mask"], self.rl.discount_factor, self.rl.gae_lambda
+        )
+        exp["returns"] = ret
+        exp["advantages"] = dp_masked_whiten(adv, exp["mask"]) if self.rl.normalize_advantages else adv
+
+    def value_loss(self, mb: dict, values: torch.Tensor) -> tuple:
+        mask = mb["mask"]
+        loss, stats = F.clipped_value_loss(
+            values,
+            mb["old_values"],
+            mb["returns"],
+            mask,
+            self.rl.loss_clip_val,
+            agg="token_mean",
+            num_tokens=1.0,
+        )
+        tokens = mask.sum()
+        report = {
+            "value_loss": torch.stack([loss.detach(), tokens]),
+            "vf_clip_frac": torch.stack([stats["vf_clip_frac"] * tokens, tokens]),
+        }
+        return loss, tokens.to(torch.int), report
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {"grpo": GRPO, "ppo": PPO, "reinforce_pp": ReinforcePP}
+
+
+def make_algorithm(cfg: DictConfig) -> Algorithm:
+    name = cfg.rl.algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"rl.algorithm: unknown '{name}' (known: {', '.join(ALGORITHMS)}, ei)")
+    return ALGORITHMS[name](cfg.rl, cfg.rollout.max_new_tokens)
