@@ -13,6 +13,8 @@ temperature 1, no top-k/top-p, EOS ignored so every path generates exactly the s
 * no-cache:  the training forward over the whole sequence at every step (``rollout/reference.py``); it runs on
              a subset of sequences and steps (``--nocache-rows``, ``--nocache-steps``); its first steps have
              the shortest contexts, so its tokens/s is an overestimate and ours/no-cache a lower bound.
+* sync:      the cost a separate engine would pay per RL step: megatron state dict -> HF layout -> copy
+             into the HF model (the in-process sampler pays nothing);
 * train:     forward + backward of the training loss on a subset of the generated sequences (prompt +
              response), for the generate / train time split of an RL step.
 
@@ -109,7 +111,7 @@ def timed(fn, device):
 
 
 def bench_model(name: str, args, device: torch.device) -> dict:
-    from echo_megatron.checkpoint.hf_export import build_hf_model
+    from echo_megatron.checkpoint.hf_export import build_hf_model, megatron_state_dict, to_hf_state_dict
     from echo_megatron.rollout.reference import generate_no_cache
     from echo_megatron.rollout.sampler import Sampler
 
@@ -170,6 +172,16 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             return n_out
 
         paths["hf"] = hf_generate
+
+        # what a separate engine pays per RL step to see new weights: megatron -> HF layout -> engine copy
+        def weight_sync() -> None:
+            state = to_hf_state_dict(megatron_state_dict(model), cfg.model)
+            hf.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False)
+
+        weight_sync()
+        _, dt, _ = timed(weight_sync, device)
+        row["weight_sync_s"] = dt
+        print(f"  weight sync into the HF copy: {dt * 1e3:.0f} ms", flush=True)
     for fn in paths.values():
         fn(prompts[:2], 2, 4)  # warm-up
     for rep in range(args.repeats):
@@ -236,6 +248,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     gen_s = total_new / ours
     train_s = args.prompts * args.samples * (100 + new) / row["train_fwd_bwd"]["tok_s"]
     row["rl_step_split"] = {"generate": gen_s / (gen_s + train_s), "train": train_s / (gen_s + train_s)}
+    if "weight_sync_s" in row:
+        row["weight_sync_vs_generate"] = row["weight_sync_s"] / gen_s
     return row
 
 
@@ -275,17 +289,22 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_model(name, args, device))
     print()
     print(
-        f"{'model':6} {'params':>8} {'ours tok/s':>11} {'hf tok/s':>9} {'nocache':>8} {'ours/hf':>8} {'ours/nocache':>13} {'peak RSS ours/hf MB':>20}  RL step split gen:train"
+        f"{'model':6} {'params':>8} {'ours tok/s':>11} {'hf tok/s':>9} {'nocache':>8} {'ours/hf':>8} {'ours/nocache':>13} {'peak RSS ours/hf MB':>20} {'sync/gen':>9}  RL step gen:train"
     )
     for r in rows:
         hf = r.get("hf", {})
         print(
             f"{r['model']:6} {r['params'] / 1e6:7.1f}M {r['ours']['tok_s']:11.0f} {hf.get('tok_s', float('nan')):9.0f} "
             f"{r['no_cache']['tok_s']:8.0f} {r.get('ours_vs_hf', float('nan')):7.2f}x {r['ours_vs_no_cache']:12.1f}x "
-            f"{r['ours']['peak_rss_mb']:9.0f}/{hf.get('peak_rss_mb', float('nan')):<9.0f}  "
+            f"{r['ours']['peak_rss_mb']:9.0f}/{hf.get('peak_rss_mb', float('nan')):<9.0f} "
+            f"{r.get('weight_sync_vs_generate', float('nan')):9.2%}  "
             f"{r['rl_step_split']['generate']:.0%}:{r['rl_step_split']['train']:.0%}"
         )
     print("targets: ours/hf >= 1.5x, ours/nocache >= 10x")
+    print(
+        "sync/gen: a separate engine's weight copy (megatron -> HF layout) per step, relative to our generate time; "
+        "gen:train: one RL step that generates the batch and trains once (fwd+bwd) on prompt + response tokens"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=1)

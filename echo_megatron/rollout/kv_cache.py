@@ -61,7 +61,7 @@ class KVCache:
         for buffers in (self.k, self.v):
             for i, old in enumerate(buffers):
                 new = torch.empty((n, *old.shape[1:]), dtype=old.dtype, device=old.device)
-                torch.index_select(old[:, :, :t], 0, index, out=new[:, :, :t])
+                new[:, :, :t] = old[:, :, :t].index_select(0, index)
                 buffers[i] = new
         self.valid = self.valid.index_select(0, index)
 
