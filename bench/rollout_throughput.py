@@ -71,7 +71,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def build(name: str, device: torch.device, seq_len: int):
+def build(name: str, device: torch.device, seq_len: int, precision: str):
     from echo_megatron.config import load_config
     from echo_megatron.distributed.init import initialize
     from echo_megatron.model.builder import build_model
@@ -87,7 +87,7 @@ def build(name: str, device: torch.device, seq_len: int):
             f"model.vocab_size={vocab}",
             f"model.seq_length={seq_len}",
             f"parallel.device={device.type}",
-            f"train.precision={'bf16' if device.type == 'cuda' else 'fp32'}",
+            f"train.precision={precision}",
         ],
     )
     initialize(cfg)
@@ -110,13 +110,48 @@ def timed(fn, device):
     return out, dt, mem
 
 
+def consistency(model, prompts: list[list[int]], vocab: int, seq_len: int, new: int = 32) -> dict:
+    """KV-cache tokens vs the no-cache loop, and sampler log-probs vs a teacher-forced forward, at this precision."""
+    from echo_megatron.rollout.reference import generate_no_cache, teacher_forced_logprobs
+    from echo_megatron.rollout.sampler import Sampler
+
+    s = Sampler(model, eod_id=vocab - 1, pad_id=0, max_seq_len=seq_len, vocab_size=vocab)
+    out = {}
+    for t in (0.0, 1.0):
+        kw = dict(n=4, max_new_tokens=new, temperature=t, seed=5)
+        got = s.generate(prompts, ignore_eos=True, **kw)
+        want = generate_no_cache(model, prompts, vocab_size=vocab, **kw)
+        same = sum(r.response_ids == w for r, w in zip(got, want))
+        prefix = [
+            next((i for i, (a, b) in enumerate(zip(r.response_ids, w)) if a != b), new)
+            for r, w in zip(got, want)
+        ]
+        tf = teacher_forced_logprobs(model, [r.prompt_ids for r in got], [r.response_ids for r in got], t)
+        err = max(max(abs(a - b) for a, b in zip(r.logprobs, f)) for r, f in zip(got, tf))
+        mean = sum(sum(abs(a - b) for a, b in zip(r.logprobs, f)) for r, f in zip(got, tf)) / (len(got) * new)
+        out[f"T={t}"] = {
+            "identical": same,
+            "of": len(got),
+            "mean_first_divergence": sum(prefix) / len(prefix),
+            "max_abs_logprob_err": err,
+            "mean_abs_logprob_err": mean,
+        }
+        print(
+            f"  check T={t}: {same}/{len(got)} sequences identical to the no-cache loop (first divergence at "
+            f"token {sum(prefix) / len(prefix):.1f} on average); |logprob - teacher-forced| max {err:.1e} "
+            f"mean {mean:.1e}",
+            flush=True,
+        )
+    return out
+
+
 def bench_model(name: str, args, device: torch.device) -> dict:
     from echo_megatron.checkpoint.hf_export import build_hf_model, megatron_state_dict, to_hf_state_dict
     from echo_megatron.rollout.reference import generate_no_cache
     from echo_megatron.rollout.sampler import Sampler
 
     seq_len = 128 * ((110 + args.new_tokens + 127) // 128)
-    cfg, model = build(name, device, seq_len)
+    cfg, model = build(name, device, seq_len, args.precision)
     vocab = MODELS[name][4]
     eod, pad = vocab - 1, 0
     n_params = sum(p.numel() for p in model.parameters())
@@ -126,6 +161,10 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     new = args.new_tokens
     total_new = args.prompts * args.samples * new
     row = {"model": name, "params": n_params, "sequences": args.prompts * args.samples, "new_tokens": new}
+    if args.check or args.only_check:
+        row["check"] = consistency(model, prompts[:4], vocab, seq_len)
+        if args.only_check:
+            return row
 
     # ours and hf, alternated `--repeats` times (the best run of each counts: this machine may be shared)
     sampler = Sampler(
@@ -268,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)"
     )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default=None, help="fp32 | bf16 (default: fp32 on cpu, bf16 on cuda)")
+    ap.add_argument(
+        "--check", action="store_true", help="also compare with the no-cache loop / teacher forcing"
+    )
+    ap.add_argument("--only-check", action="store_true", help="the consistency check only")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--repeats", type=int, default=1, help="alternate ours / hf this many times; best counts")
     ap.add_argument("--quick", action="store_true", help="8 prompts x 4 samples, 64 new tokens")
@@ -277,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         args.prompts, args.samples, args.new_tokens, args.nocache_steps = 8, 4, 64, 16
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     print(
         f"rollout throughput: {args.prompts} prompts x {args.samples} samples, 90-110 prompt tokens, "
-        f"{args.new_tokens} new tokens, decode batch {args.batch}, {device.type}"
+        f"{args.new_tokens} new tokens, decode batch {args.batch}, {args.precision}, {device.type}"
         + (f" ({args.threads} threads)" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"),
         flush=True,
     )
@@ -287,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         print(f"[{name}]", flush=True)
         rows.append(bench_model(name, args, device))
+    if args.only_check:
+        return 0
     print()
     print(
         f"{'model':6} {'params':>8} {'ours tok/s':>11} {'hf tok/s':>9} {'nocache':>8} {'ours/hf':>8} {'ours/nocache':>13} {'peak RSS ours/hf MB':>20} {'sync/gen':>9}  RL step gen:train"
