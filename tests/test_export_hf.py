@@ -171,3 +171,25 @@ def test_export_refuses_a_torchrun_launch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="one process"):
         export_hf("/nonexistent", "/tmp/unused")
+
+
+@pytest.mark.parametrize("norm", ["RMSNorm", "NonParametricLayerNorm"])
+def test_transformer_engine_key_names_map_the_same(norm):
+    """A TE-spec state dict (norms fused into linear_qkv / linear_fc1, frozen LN gains) maps like the local one."""
+    from echo_megatron.checkpoint.hf_export import megatron_state_dict, to_hf_state_dict
+
+    cfg, model = build([f"model.normalization={norm}"])
+    local = megatron_state_dict(model)
+    te = {}
+    for k, v in local.items():
+        k = k.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight")
+        k = k.replace("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight")
+        te[k] = v
+    if norm == "NonParametricLayerNorm":  # TE's LayerNorm has (frozen) gain and bias parameters
+        for i in range(cfg.model.num_layers):
+            for mod in ("self_attention.linear_qkv", "mlp.linear_fc1"):
+                te[f"decoder.layers.{i}.{mod}.layer_norm_weight"] = torch.ones(cfg.model.hidden_size)
+                te[f"decoder.layers.{i}.{mod}.layer_norm_bias"] = torch.zeros(cfg.model.hidden_size)
+    want, got = to_hf_state_dict(local, cfg.model), to_hf_state_dict(te, cfg.model)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)

@@ -95,13 +95,14 @@ def split_qkv(w: torch.Tensor, heads: int, groups: int) -> tuple[torch.Tensor, t
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.Tensor]:
-    """Megatron GPTModel state dict (TP = 1, local layer spec) -> HF Llama/OLMo state dict."""
+    """Megatron GPTModel state dict (TP = 1; local or TransformerEngine layer spec) -> HF Llama/OLMo state dict."""
     m = model_cfg
     heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
     out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
     if m.untie_embeddings_and_output_weights:
         out["lm_head.weight"] = sd["output_layer.weight"]
-    if "decoder.final_layernorm.weight" in sd:
+    rms = m.normalization == "RMSNorm"  # OLMo's LayerNorm has no weights (TE's frozen ones are dropped)
+    if rms:
         out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
     for i in range(m.num_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
@@ -123,10 +124,13 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.
             key = f"{src}mlp.linear_fc2.{kind}"
             if key in sd:
                 out[f"{dst}mlp.down_proj.{kind}"] = sd[key]
-        if f"{src}input_layernorm.weight" in sd:
-            out[f"{dst}input_layernorm.weight"] = sd[f"{src}input_layernorm.weight"]
-        if f"{src}pre_mlp_layernorm.weight" in sd:
-            out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}pre_mlp_layernorm.weight"]
+        if rms:  # local spec: separate norm modules; TransformerEngine spec: fused into the next linear
+            for ours, te, theirs in (
+                ("input_layernorm", "self_attention.linear_qkv", "input_layernorm"),
+                ("pre_mlp_layernorm", "mlp.linear_fc1", "post_attention_layernorm"),
+            ):
+                w = sd.get(f"{src}{ours}.weight", sd.get(f"{src}{te}.layer_norm_weight"))
+                out[f"{dst}{theirs}.weight"] = w
     return {k: v.contiguous() for k, v in out.items()}
 
 
