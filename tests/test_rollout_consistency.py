@@ -196,3 +196,21 @@ def test_rows_finishing_at_different_steps(model):
     assert [r.response_ids for r in got] == want
     steps = {len(r.response_ids) for r in got if r.finish_reason == "eos"}
     assert len(steps) >= 3, steps  # several distinct finishing steps were exercised
+
+
+def test_backend_from_config(model):
+    from echo_megatron.config import ConfigError, load_config
+    from echo_megatron.rollout import SamplingParams, make_backend
+
+    cfg = load_config(
+        None, ["rollout.n=3", "rollout.temperature=0.9", "rollout.max_new_tokens=8", "rollout.stop=[xx]"]
+    )
+    params = SamplingParams.from_config(cfg.rollout, stop=[])
+    assert (params.n, params.temperature, params.max_new_tokens, params.top_p) == (3, 0.9, 8, 1.0)
+    backend = make_backend(cfg.rollout.backend, model, eod_id=EOD, pad_id=0, max_seq_len=96)
+    assert backend.sync_weights() == 0.0  # in-process: the training weights are the sampler's
+    got = backend.generate(PROMPTS, **vars(params))
+    want = sampler(model).generate(PROMPTS, **vars(params))
+    assert [r.response_ids for r in got] == [r.response_ids for r in want] and len(got) == 12
+    with pytest.raises((ValueError, ConfigError), match="unknown backend"):
+        make_backend("vllm", model, eod_id=EOD, pad_id=0, max_seq_len=96)
