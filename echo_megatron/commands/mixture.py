@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
+from echo_megatron.data.records import quiet_megatron_import
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_megatron_import()
     from echo_megatron.data.mixture import format_table, plan_mixture
 
     mix = plan_mixture(load_from_args(args))

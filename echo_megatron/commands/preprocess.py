@@ -7,6 +7,7 @@ import argparse
 import time
 
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
+from echo_megatron.data.records import quiet_megatron_import
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_megatron_import()
     from echo_megatron.data.preprocess import preprocess
 
     cfg = load_from_args(args)

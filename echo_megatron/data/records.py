@@ -21,6 +21,13 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 Record = tuple[str, Any]  # (where, raw line str | dict)
 
 
+def quiet_megatron_import() -> None:
+    """Hide megatron-core's CPU import notices (no TransformerEngine/Apex): the data commands never use them."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+
+
 class DataError(ConfigError):
     """Bad input data (a malformed record, a missing field, an empty or unknown source): exit status 2."""
 
