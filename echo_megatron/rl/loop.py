@@ -111,7 +111,7 @@ class RLTrainer:
         cfg.model.vocab_size = vocab = self.tok.vocab_size
         save_config(cfg, cfg.run_dir)
         self.run = RunDir(cfg.run_dir)
-        self.algo: Algorithm = make_algorithm(cfg)
+        self.algo: Algorithm | None = make_algorithm(cfg) if cfg.rl.algorithm != "ei" else None
         self.prompts = load_prompts(cfg.rl.prompts)
         self.steps = total_rl_steps(cfg, len(self.prompts))
         self.sampler = PromptSampler(len(self.prompts), cfg.rl.num_rollout_samples, cfg.rl.seed)
@@ -126,7 +126,7 @@ class RLTrainer:
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps, lr=cfg.rl.actor_lr)
         attach_schedule_hooks(self.policy, self.optimizer)
         self.critic = self.critic_opt = self.critic_sched = None
-        if self.algo.needs_critic:
+        if self.algo is not None and self.algo.needs_critic:
             from echo_megatron.rl.models import build_critic_chunks
 
             self.critic = build_critic_chunks(cfg, vocab, self.device)
@@ -135,7 +135,7 @@ class RLTrainer:
             attach_schedule_hooks(self.critic, self.critic_opt)
         self.start_step = self._restore()
         self.ref = None
-        if self.algo.needs_reference:
+        if self.algo is not None and self.algo.needs_reference:
             from echo_megatron.rl.models import build_reference
 
             self.ref = build_reference(cfg, vocab, self.device, self._base())
@@ -176,7 +176,7 @@ class RLTrainer:
         load_checkpoint(base, self.policy, load_rng=False)
         if self.critic is not None:  # the critic's body starts from the base (its value head is new)
             load_checkpoint(base, [self.critic[0].module.body], load_rng=False)
-        _say(self.rank, f"RL ({self.algo.name}) from base {base}: {self.steps} steps")
+        _say(self.rank, f"RL ({self.cfg.rl.algorithm}) from base {base}: {self.steps} steps")
         return 0
 
     def _save(self, step: int) -> None:
@@ -207,11 +207,11 @@ class RLTrainer:
         per = len(idx) // dp
         return idx[r * per : (r + 1) * per]
 
-    def rollout(self, step: int, prompt_idx: list[int]):
+    def rollout(self, step: int, prompt_idx: list[int], **overrides):
+        """``rollout.n`` samples for each prompt (``overrides`` replace sampling parameters, e.g. for EI)."""
         c = self.cfg.rollout
         ids = [self.tok.encode(self.prompts[i].text) for i in prompt_idx]
-        return self.backend.generate(
-            ids,
+        params = dict(
             n=c.n,
             max_new_tokens=c.max_new_tokens,
             temperature=c.temperature,
@@ -220,6 +220,8 @@ class RLTrainer:
             stop=list(c.stop),
             seed=c.seed * 1_000_003 + step * 7919 + self.ps.get_data_parallel_rank(),
         )
+        params.update(overrides)
+        return self.backend.generate(ids, **params)
 
     def step(self, step: int) -> dict[str, float]:
         cfg, c = self.cfg, self.cfg.rollout
@@ -324,8 +326,11 @@ class RLTrainer:
             self._write_samples(step, prompt_idx, rollouts, results)
         return out
 
-    def _write_samples(self, step: int, prompt_idx: list[int], rollouts, results: list[dict]) -> None:
-        n = self.cfg.rollout.n
+    def _write_samples(
+        self, step: int, prompt_idx: list[int], rollouts, results: list[dict], path: str | None = None
+    ) -> list[dict]:
+        """Generations with their scores, gathered over DP; rank 0 writes them (default: samples/step_N)."""
+        n = len(rollouts) // max(1, len(prompt_idx))
         rows = [
             {
                 "step": step,
@@ -340,10 +345,12 @@ class RLTrainer:
         ]
         rows = _dp_gather(rows)
         if self.rank == 0:
-            os.makedirs(self.run.samples, exist_ok=True)
-            with open(self.run.samples_file(step), "w", encoding="utf-8") as f:
+            path = path or self.run.samples_file(step)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
                 for r in rows:
                     f.write(json.dumps(r) + "\n")
+        return rows
 
     # -- loop ------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -351,7 +358,12 @@ class RLTrainer:
 
         stop = StopSignal()
         bar = (
-            tqdm(total=self.steps, initial=self.start_step, desc=f"rl/{self.algo.name}", dynamic_ncols=True)
+            tqdm(
+                total=self.steps,
+                initial=self.start_step,
+                desc=f"rl/{self.cfg.rl.algorithm}",
+                dynamic_ncols=True,
+            )
             if self.rank == 0 and self.cfg.logging.progress_bar
             else None
         )

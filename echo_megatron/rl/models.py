@@ -19,6 +19,7 @@ class ValueModel(MegatronModule):
     def __init__(self, cfg: DictConfig, vocab_size: int) -> None:
         body = build_model(cfg, vocab_size, pre_process=True, post_process=False)
         super().__init__(config=body.config)
+        self.model_type = body.model_type  # read by megatron's schedules
         self.body = body
         # GPTModel(post_process=False) stops before the final norm; add it and the value head.
         self.final_norm = Norm(body.config, body.config.hidden_size, eps=body.config.layernorm_epsilon)
