@@ -114,7 +114,7 @@ def _check_tokenizer(cfg: Any, name: str, manifest: dict) -> None:
 
 def plan_mixture(cfg: Any) -> Mixture:
     """The mixture of ``cfg`` from the preprocess manifests in ``cfg.data.indexed_dir`` (see module docstring)."""
-    plans = plan_sources(cfg)  # a source with multiplier (or weight) 0 is left out and need not be preprocessed
+    plans = plan_sources(cfg)  # a source with multiplier (or weight) 0 is left out: it need not exist
     given = [p.cfg.weight is not None for p in plans]
     if any(given) and not all(given):
         named = [p.name for p, g in zip(plans, given) if g]
