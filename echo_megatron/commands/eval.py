@@ -1,0 +1,119 @@
+"""``echo-megatron eval CHECKPOINT|RUN_DIR [k=v ...] [--out DIR]``: pass@1 / pass@k / maj@k per task and format.
+
+The ``k=v`` overrides apply to the run's own ``config.yaml``, e.g.::
+
+    echo-megatron eval runs/demo_grpo eval.tasks=[testbed]
+    echo-megatron eval runs/grpo_150m eval.tasks=[gsm8k,math500] eval.n=8 eval.ks=[1,8] eval.max_problems=50
+    torchrun --nproc-per-node 2 -m echo_megatron eval runs/grpo_150m        # tensor parallel 2
+
+Writes ``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` under the checkpoint's run dir (or ``--out``)
+and appends a ``phase: eval`` row to its ``metrics.jsonl``; prints one table per task. Under torchrun the world
+is one tensor-parallel group unless ``parallel.tp`` says otherwise (then the problems are split over the
+data-parallel replicas; see echo_megatron/eval/runner.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from echo_megatron.rewards.formats import FORMATS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint dir (iter_NNNNNNN), checkpoints dir or run dir")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's config")
+    parser.add_argument(
+        "--out", default=None, help="output dir for eval/ and metrics.jsonl (default: run dir)"
+    )
+
+
+def _pct(x) -> str:
+    return "     -" if x is None else f"{100 * x:5.1f}%"
+
+
+def _ks(block: dict) -> str:
+    return "  ".join(f"@{k} {_pct(v).strip()}" for k, v in block.items()) or "-"
+
+
+def format_result(res: dict) -> str:
+    """A plain-text table of one ``eval/<task>.json``: headline numbers, then count / share / accuracy per
+    format for the greedy generations and for the samples."""
+    greedy, sampled = res.get("greedy"), res.get("sampled")
+    modes = [("greedy", greedy)] if greedy else []
+    if sampled:
+        modes.append((f"{sampled['n']} samples T={sampled['temperature']:g}", sampled))
+    lines = [
+        f"{res['task']}  step {res['step']}  {res['num_problems']} problems  ({' + '.join(m for m, _ in modes)})"
+    ]
+    lines.append(f"  pass@1 {'(greedy) ' if greedy else ''}{_pct(res['pass@1']).strip()}")
+    if sampled:
+        lines.append(f"  pass@k  {_ks(sampled['pass@k'])}")
+        lines.append(f"  maj@k   {_ks(sampled['maj@k'])}")
+    head = f"  {'format':<12}" + "".join(f" | {name[:22]:<22}" for name, _ in modes)
+    sub = f"  {'':<12}" + "".join(f" | {'count':>6} {'share':>6} {'acc':>6}" + " " * 1 for _ in modes)
+    lines += [head, sub.rstrip()]
+    for fmt in FORMATS:
+        cells = [b["per_format"][fmt] for _, b in modes]
+        if not any(c["count"] for c in cells):
+            continue
+        row = f"  {fmt:<12}" + "".join(
+            f" | {c['count']:>6} {_pct(c['share'])} {_pct(c['accuracy'])} " for c in cells
+        )
+        lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def _precheck(path: str, overrides: list[str]):
+    """The run config with the overrides, checked before any model is built (cheap, clear errors)."""
+    from echo_megatron.checkpoint import find_checkpoint
+    from echo_megatron.config import ConfigError, load_config
+    from echo_megatron.eval.runner import check_eval_config
+    from echo_megatron.rollout.loading import run_config_path
+
+    try:
+        ckpt = find_checkpoint(path)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    cfg = load_config(run_config_path(ckpt), overrides)
+    if not cfg.data.tokenizer.path:
+        raise ConfigError(
+            f"{ckpt}: the run has no tokenizer (data.tokenizer.path), so questions cannot be turned into "
+            f"prompts; eval needs a run trained on real text"
+        )
+    check_eval_config(cfg.eval, list(cfg.eval.tasks))
+    return ckpt, cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt, _ = _precheck(args.checkpoint, list(args.overrides))
+
+    import torch.distributed as dist
+
+    from echo_megatron.distributed.init import destroy
+    from echo_megatron.eval.runner import evaluate, model_generator
+    from echo_megatron.rollout.loading import load_policy
+    from echo_megatron.rundir import RunDir
+
+    out = args.out or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+    try:
+        policy = load_policy(ckpt, list(args.overrides))
+        cfg = policy.cfg
+        generate = model_generator(policy.model, policy.tokenizer, cfg)
+        results = evaluate(
+            generate,
+            list(cfg.eval.tasks),
+            cfg,
+            step=policy.iteration,
+            run_dir=out,
+            checkpoint=policy.checkpoint,
+        )
+        if dist.get_rank() == 0:
+            print(f"# {policy.checkpoint} (step {policy.iteration})")
+            for task, res in results.items():
+                print(format_result(res))
+                print(f"  wrote {RunDir(out).eval_file(task)} and {RunDir(out).eval_generations(task)}")
+            print(f"metrics: {RunDir(out).metrics}")
+    finally:
+        destroy()
+    return 0
