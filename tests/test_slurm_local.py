@@ -263,6 +263,33 @@ stages:
     assert all(r["state"] == "COMPLETED" for r in rows)
 
 
+def _steps_gone(cluster: Cluster, job: str, timeout: float = 120) -> None:
+    """Wait until no slurmstepd of ``job`` is left on the node (their sockets live in the spool dir)."""
+    spool = os.path.join(cluster.dir, "spool")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(f.split("_", 1)[-1].split(".")[0] == job for f in os.listdir(spool) if "_" in f):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job}: slurmstepd still running after {timeout} s: {os.listdir(spool)}")
+
+
+def _diagnose(cluster: Cluster, job: str) -> str:
+    """Slurm's own log lines about ``job`` (for failure messages)."""
+    lines = []
+    for name in ("slurmctld.log", "slurmd.log"):
+        with open(os.path.join(cluster.dir, "log", name), encoding="utf-8", errors="replace") as f:
+            lines += [
+                f"{name}: {line.rstrip()}"
+                for line in f
+                if f"JobId={job} " in line
+                or f"job {job} " in line
+                or f"[{job}." in line
+                or f"StepId={job}." in line
+            ]
+    return "\n".join(lines[-40:])
+
+
 def _wait_rows(path: str, n: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -301,12 +328,16 @@ def test_usr1_preemption_requeues_and_resumes_to_the_same_final_loss(local_slurm
         assert rec["JobState"] in ("RUNNING", "COMPLETING", "REQUEUED", "PENDING"), rec
         time.sleep(0.5)
     else:
-        pytest.fail(f"job {job} was not requeued: {records(job)}")
+        pytest.fail(f"job {job} was not requeued: {records(job)}\n{_diagnose(local_slurm, job)}")
+    # Slurm holds a requeued job ~120 s, long enough for its old slurmstepds to go; skip the hold once they have.
+    _steps_gone(local_slurm, job)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
     (done,) = wait_final(job)
     (ref_done,) = wait_final(ref)
     log = log_of(f"{tmp_path}/pre", "pretrain", job)
-    assert done["JobState"] == "COMPLETED" and done["Restarts"] == "1", log[-3000:]
+    assert done["JobState"] == "COMPLETED" and done["Restarts"] == "1", (
+        f"{done}\n{log[-3000:]}\n{_diagnose(local_slurm, job)}"
+    )
     assert ref_done["JobState"] == "COMPLETED"
     assert "got SIGUSR1" in log and "requeueing job" in log and ", start 2," in log
     saved = sorted(os.listdir(f"{tmp_path}/pre/checkpoints"))
