@@ -78,6 +78,8 @@ def test_1b_pipeline_dry_run_prints_complete_chained_scripts(tmp_path):
         assert line in pre, line
     assert "#SBATCH --time=12:00:00" in scripts["grpo"]  # a quoted "12:00:00" stays a string
     assert "#SBATCH --nodes=1" in scripts["eval"]  # the stage's own cluster.nodes beats --nodes
+    run = os.path.join(str(tmp_path), "runs", "1b_pipeline")
+    assert f"ARGS=('{run}/grpo' 'eval.tasks=[gsm8k,math500]' '--out' '{run}/eval')" in scripts["eval"]
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     for script in scripts.values():
         _shellcheck(script, tmp_path)
@@ -171,6 +173,7 @@ stages:
     assert [t.config.optimizer.lr for t in pre.tasks] == [0.001, 0.001, 0.002, 0.002]
     assert [t.config.train.steps for t in pre.tasks] == [4, 6, 4, 6]
     assert pre.tasks[1].run_dir == f"{tmp_path}/runs/scan/pre/001_0.001_6"
+    assert all(t.args is None for t in pre.tasks)
     for p, m in zip(pre.tasks, more.tasks):  # one task per task of `pre`, reading its checkpoints
         assert m.config.checkpoint.load == f"{p.run_dir}/checkpoints"
         assert os.path.basename(m.run_dir) == os.path.basename(p.run_dir)
@@ -179,7 +182,8 @@ stages:
     assert dependency(report, {"pre": "7", "more": "8"}) == "afterok:8"
     _, _, rendered = prepare(pipe, [])
     assert "#SBATCH --array=0-3%2" in rendered[0].script
-    assert "CONFIG=${CONFIGS[$SLURM_ARRAY_TASK_ID]}" in rendered[0].script
+    assert 'case "$SLURM_ARRAY_TASK_ID" in' in rendered[0].script
+    assert f"  3) ARGS=('{tmp_path}/runs/scan/slurm/pre.3.yaml') ;;" in rendered[0].script
     assert "pre-%A_%a.out" in rendered[0].script
 
 
@@ -199,7 +203,7 @@ axes:
     out = _cli("submit", grid, "--dry-run", cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "#SBATCH --array=0-3" in out.stdout
-    assert f"{tmp_path}/runs/lrscan/slurm/pretrain.3.yaml" in out.stdout  # ROOT = the runs' common folder
+    assert f"3) ARGS=('{tmp_path}/runs/lrscan/slurm/pretrain.3.yaml')" in out.stdout  # ROOT: the runs' folder
     _, root, rendered = prepare(grid, [])
     assert root == f"{tmp_path}/runs/lrscan"
     tasks = rendered[0].job.tasks
@@ -211,7 +215,7 @@ axes:
     "body, message",
     [
         ("stages: []", "non-empty 'stages'"),
-        ("stages: [{name: a, command: pretrain}]", "'recipe' (or 'sweep') is required"),
+        ("stages: [{name: a, command: pretrain}]", "'recipe' (or 'sweep', or 'args') is required"),
         ("stages: [{name: a, command: pretrain, recipe: nope.yaml}]", "file not found"),
         ("stages: [{name: a, command: pretrain, recipe: TINY, colour: red}]", "unknown key(s) ['colour']"),
         (

@@ -22,6 +22,8 @@ A pipeline recipe is a YAML file with a ``stages`` list (a plain recipe has none
         overrides: ["checkpoint.load={grpo.run_dir}/checkpoints"]
 
 Each stage waits for the stages in ``after`` (default: the stage before it) with ``--dependency=afterok``.
+A stage with ``args`` runs ``echo-megatron COMMAND ARGS...`` for commands that take no recipe (``eval RUN_DIR
+k=v --out DIR``); ``{run_dir}`` there is the stage's own run dir, and its recipe / overrides only size the job.
 Array stages (one Slurm job array, one task per run):
   * ``grid: {key: [v1, v2], ...}``: the Cartesian product; task i runs in RUN_DIR/S/<i>_<values>.
   * ``sweep: GRID.yaml``: the runs of a sweep grid file (echo_megatron/report/sweep.py; named values, a base
@@ -59,10 +61,13 @@ STAGE_KEYS = {
     "over",
     "after",
     "array_limit",
+    "args",
 }
 PIPELINE_KEYS = {"name", "run_dir", "description", "cluster", "overrides", "stages"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\.run_dir\}")
+_PLACEHOLDER = re.compile(
+    r"\{(?:([A-Za-z][A-Za-z0-9_-]*)\.)?run_dir\}"
+)  # {STAGE.run_dir}, or {run_dir} = own
 
 
 @dataclass
@@ -77,6 +82,9 @@ class Stage:
     sweep: str | None = None  # absolute path of a sweep grid file
     after: list[str] = field(default_factory=list)
     array_limit: int | None = None  # at most this many array tasks at once (--array=0-N%K)
+    args: list[str] | None = (
+        None  # run `COMMAND ARGS...` instead of `COMMAND CONFIG` (commands without a recipe)
+    )
 
     @property
     def is_array(self) -> bool:
@@ -99,7 +107,8 @@ class Task:
     label: str  # "" for a plain stage, "<i>_<values>" for a grid point
     run_dir: str
     overrides: list[str]
-    config: DictConfig
+    config: DictConfig  # with ``args``: only its cluster.* / parallel.* shape the job
+    args: list[str] | None = None  # the command's arguments when the stage gives ``args``
 
 
 @dataclass
@@ -193,8 +202,8 @@ def load_pipeline(path: str) -> Pipeline:
         for key in ("name", "command"):
             if not isinstance(raw.get(key), str) or not raw[key]:
                 raise _fail(where, f"'{key}' is required (a string)")
-        if not raw.get("recipe") and not raw.get("sweep"):
-            raise _fail(where, "'recipe' (or 'sweep') is required")
+        if not raw.get("recipe") and not raw.get("sweep") and not raw.get("args"):
+            raise _fail(where, "'recipe' (or 'sweep', or 'args') is required")
         sname = raw["name"]
         where = f"{path}: stage '{sname}'"
         if not _NAME.match(sname):
@@ -224,6 +233,11 @@ def load_pipeline(path: str) -> Pipeline:
                 raise _fail(where, f"'after' names '{dep}', which is not an earlier stage ({earlier})")
         if over and over not in after:
             after.append(over)
+        args = _str_list(raw.get("args"), f"{where}: args") if "args" in raw else None
+        if args is not None and sweep:
+            raise _fail(
+                where, "a sweep stage runs its grid's recipes; 'args' is for commands without a recipe"
+            )
         limit = raw.get("array_limit")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise _fail(where, "'array_limit' must be a positive integer")
@@ -231,7 +245,7 @@ def load_pipeline(path: str) -> Pipeline:
             raw.get("overrides"), f"{where}: overrides"
         )
         stages.append(
-            Stage(sname, raw["command"], recipe, overrides, common, grid, over, sweep, after, limit)
+            Stage(sname, raw["command"], recipe, overrides, common, grid, over, sweep, after, limit, args)
         )
     return Pipeline(name, run_dir, stages, os.path.abspath(path))
 
@@ -288,8 +302,12 @@ def _label(i: int, point: list[str]) -> str:
     return f"{i:03d}_{slug}"[:80]
 
 
-def _substitute(items: list[str], dirs: dict[str, str], where: str) -> list[str]:
+def _substitute(items: list[str], dirs: dict[str, str], where: str, own: str | None = None) -> list[str]:
     def one(m: re.Match) -> str:
+        if m.group(1) is None:
+            if own is None:
+                raise ConfigError(f"{where}: '{{run_dir}}' (the stage's own run dir) is only known in 'args'")
+            return own
         if m.group(1) not in dirs:
             raise ConfigError(f"{where}: '{m.group(0)}' names no earlier stage (known: {sorted(dirs)})")
         return dirs[m.group(1)]
@@ -338,7 +356,10 @@ def expand(pipeline: Pipeline, extra: list[str] = (), defaults: list[str] = ()) 
                 if run_dir:
                     name = f"{pipeline.name}-{stage.name}" + (f"-{label}" if label else "")
                     overrides = overrides + [f"name={name}", f"run_dir={run_dir}"]
-                tasks.append(_task(i, label, stage.recipe, overrides, run_dir, where))
+                task = _task(i, label, stage.recipe, overrides, run_dir, where)
+                if stage.args is not None:
+                    task.args = _substitute(stage.args, dirs, where, own=task.run_dir)
+                tasks.append(task)
         clusters = {OmegaConf.to_yaml(t.config.cluster) for t in tasks}
         if len(clusters) > 1:
             raise ConfigError(f"{where}: the tasks of one array must share their cluster.* settings")
@@ -356,7 +377,9 @@ def expand(pipeline: Pipeline, extra: list[str] = (), defaults: list[str] = ()) 
     return jobs
 
 
-def _task(index: int, label: str, recipe: str, overrides: list[str], run_dir: str | None, where: str) -> Task:
+def _task(
+    index: int, label: str, recipe: str | None, overrides: list[str], run_dir: str | None, where: str
+) -> Task:
     try:
         cfg = load_config(recipe, overrides)
     except ConfigError as e:

@@ -53,11 +53,11 @@ set -euo pipefail
 
 STAGE={{ stage | q }}
 COMMAND={{ command | q }}
-{% if array %}CONFIGS=(
-{% for t in tasks %}  {{ t | q }}
-{% endfor %})
-CONFIG=${CONFIGS[$SLURM_ARRAY_TASK_ID]}
-{% else %}CONFIG={{ tasks[0] | q }}
+{% if array %}case "$SLURM_ARRAY_TASK_ID" in
+{% for args in task_args %}  {{ loop.index0 }}) ARGS=({{ args | qjoin }}) ;;
+{% endfor %}  *) echo "no array task $SLURM_ARRAY_TASK_ID in this script" >&2; exit 1 ;;
+esac
+{% else %}ARGS=({{ task_args[0] | qjoin }})
 {% endif %}PYTHON={{ c.python | q }}
 
 # Environment of every rank.
@@ -78,8 +78,8 @@ LAUNCH=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node={{ tasks_per_node 
 LAUNCH+=(bash -c 'trap "" USR1; exec "$@"' torchrun "$PYTHON" -m torch.distributed.run
   --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node={{ c.gpus_per_node }} --max-restarts=0
   --rdzv-id="$SLURM_JOB_ID" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT")
-LAUNCH+=(-m echo_megatron "$COMMAND" "$CONFIG")
-{% else %}LAUNCH+=("$PYTHON" -m echo_megatron "$COMMAND" "$CONFIG")
+LAUNCH+=(-m echo_megatron "$COMMAND" "${ARGS[@]}")
+{% else %}LAUNCH+=("$PYTHON" -m echo_megatron "$COMMAND" "${ARGS[@]}")
 {% endif %}
 say() { echo "[echo-megatron $(date -u +%Y-%m-%dT%H:%M:%SZ)] $*"; }
 
@@ -137,6 +137,7 @@ _ENV = jinja2.Environment(
     comment_end_string="##}",
 )
 _ENV.filters["q"] = lambda v: "'" + str(v).replace("'", "'\"'\"'") + "'"  # always single-quoted
+_ENV.filters["qjoin"] = lambda items: " ".join(_ENV.filters["q"](v) for v in items)
 
 
 def config_path(root: str, stage: str, index: int | None = None) -> str:
@@ -204,7 +205,12 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
     array = None
     if job.is_array:
         array = f"0-{n - 1}" + (f"%{job.stage.array_limit}" if job.stage.array_limit else "")
-    configs = [config_path(root, job.stage.name, t.index if job.is_array else None) for t in job.tasks]
+    task_args = [
+        t.args
+        if t.args is not None
+        else [config_path(root, job.stage.name, t.index if job.is_array else None)]
+        for t in job.tasks
+    ]
     log = os.path.join(root, "slurm", f"{job.stage.name}-%A_%a.out" if array else f"{job.stage.name}-%j.out")
     tasks_per_node = 1 if c.launcher == "torchrun" else c.gpus_per_node
     title = f"stage '{job.stage.name}': echo-megatron {job.stage.command}" + (
@@ -222,7 +228,7 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
         workdir=workdir,
         stage=job.stage.name,
         command=job.stage.command,
-        tasks=configs,
+        task_args=task_args,
         env=env,
         runtime=runtime,
         mounts=mounts,

@@ -116,7 +116,10 @@ def write_files(root: str, rendered: list[Rendered]) -> None:
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
     for r in rendered:
         for t in r.job.tasks:
-            OmegaConf.save(t.config, config_path(root, r.job.stage.name, t.index if r.job.is_array else None))
+            if t.args is None:  # a stage with args runs no config of ours
+                OmegaConf.save(
+                    t.config, config_path(root, r.job.stage.name, t.index if r.job.is_array else None)
+                )
         with open(r.script_path, "w", encoding="utf-8") as f:
             f.write(r.script)
         os.chmod(r.script_path, 0o755)
@@ -146,7 +149,10 @@ def submit(pipeline: Pipeline, root: str, rendered: list[Rendered]) -> dict[str,
                         "index": t.index,
                         "label": t.label,
                         "run_dir": t.run_dir,
-                        "config": config_path(root, r.job.stage.name, t.index if r.job.is_array else None),
+                        "config": None
+                        if t.args is not None
+                        else config_path(root, r.job.stage.name, t.index if r.job.is_array else None),
+                        "args": t.args,
                     }
                     for t in r.job.tasks
                 ],
