@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "slurm", "local_slurm.sh")
 TINY = os.path.join(REPO, "recipes", "tiny_cpu.yaml")
 TESTBED = os.path.join(REPO, "recipes", "demo", "testbed.yaml")
+GRPO = os.path.join(REPO, "recipes", "demo", "grpo_testbed.yaml")
 FINAL = {
     "COMPLETED",
     "FAILED",
@@ -358,13 +359,14 @@ def test_tiny_pipeline_testbed_to_pretrain_rl_eval(local_slurm, tmp_path):
     from echo_megatron.cluster.submit import missing_commands, prepare
 
     data = tmp_path / "data"
+    tiny = "model.num_layers=2, model.hidden_size=64, model.num_attention_heads=4, model.ffn_hidden_size=128"
     pipe = _write(
         tmp_path / "study.yaml",
         f"""
 name: study
 run_dir: {tmp_path}/runs/study
 {CPU_JOB}
-overrides: [testbed.out={data}/testbed, data.indexed_dir={data}/indexed, testbed.n_train=2000, testbed.n_test=20,
+overrides: [testbed.out={data}/testbed, data.indexed_dir={data}/indexed, testbed.n_train=400, testbed.n_test=20,
             train.threads=1, logging.tensorboard=false, logging.progress_bar=false]
 stages:
   - {{name: testbed, command: testbed, recipe: {TESTBED}, cluster: {{gpus_per_node: 1, launcher: srun}}}}
@@ -372,17 +374,17 @@ stages:
   - name: pretrain
     command: pretrain
     recipe: {TESTBED}
-    overrides: [train.steps=20, train.micro_batch_size=8, checkpoint.save_interval=10]
+    overrides: [{tiny}, train.steps=20, train.micro_batch_size=8, schedule.warmup_steps=5]
   - name: grpo
     command: rl
-    recipe: {TESTBED}
-    overrides: ["rl.base={{pretrain.run_dir}}/checkpoints", rl.algorithm=grpo, rl.steps=2, rl.num_rollout_samples=4,
-                rollout.n=2, rewards.task=testbed]
+    recipe: {GRPO}
+    overrides: ["rl.base={{pretrain.run_dir}}", rl.steps=2, rl.num_rollout_samples=4, rollout.n=4,
+                rollout.max_new_tokens=24, rl.micro_batch_size=8, rewards.sandbox_workers=1]
   - name: eval
     command: eval
     recipe: {TESTBED}
     cluster: {{gpus_per_node: 1}}
-    overrides: ["checkpoint.load={{grpo.run_dir}}/checkpoints", "eval.tasks=[testbed]", eval.max_problems=8]
+    args: ["{{grpo.run_dir}}", "eval.tasks=[testbed]", eval.max_problems=8, --out, "{{run_dir}}"]
 """,
     )
     _, _, rendered = prepare(pipe, [])
@@ -406,5 +408,8 @@ stages:
     assert read_metrics(f"{root}/grpo", "rl")[-1]["step"] == 2
     with open(f"{root}/eval/eval/testbed.json", encoding="utf-8") as f:
         result = json.load(f)
-    assert result["task"] == "testbed" and 0.0 <= result["pass@1"] <= 1.0
-    assert all(r["state"] == "COMPLETED" for r in status_rows(root))
+    assert result["task"] == "testbed" and result["num_problems"] == 8 and 0.0 <= result["pass@1"] <= 1.0
+    rows = {r["stage"]: r for r in status_rows(root)}
+    assert all(r["state"] == "COMPLETED" for r in rows.values()), rows
+    assert rows["grpo"]["progress"].startswith("step 2/2")
+    assert rows["eval"]["progress"].startswith("testbed pass@1")
