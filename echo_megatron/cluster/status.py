@@ -63,8 +63,8 @@ def progress(run_dir: str, command: str, config: str | None = None) -> str:
         rows = read_metrics(run_dir, phase)
     except ValueError as e:
         return f"metrics unreadable: {e}"
-    if not rows:
-        return "not started"
+    if not rows:  # data commands (testbed, preprocess) write no metrics: nothing to show
+        return "not started" if command in PHASES else "-"
     last = rows[-1]
     total = _steps_total(run_dir, key, config) if key else None
     text = f"step {last.get('step')}" + (f"/{total}" if total else "")
