@@ -52,7 +52,7 @@ def format_result(res: dict) -> str:
         lines.append(f"  maj@k   {_ks(sampled['maj@k'])}")
     head = f"  {'format':<12}" + "".join(f" | {name[:22]:<22}" for name, _ in modes)
     sub = f"  {'':<12}" + "".join(f" | {'count':>6} {'share':>6} {'acc':>6}" + " " * 1 for _ in modes)
-    lines += [head, sub.rstrip()]
+    lines += [head.rstrip(), sub.rstrip()]
     for fmt in FORMATS:
         cells = [b["per_format"][fmt] for _, b in modes]
         if not any(c["count"] for c in cells):
