@@ -14,8 +14,13 @@ PRECISIONS = ("fp32", "bf16", "fp8")
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Megatron's vocab padding: round up to a multiple of ``divisible_by * tp``."""
-    multiple = divisible_by * tp
+    """Round the vocabulary up to a multiple of ``divisible_by`` (times ``tp`` only when ``tp`` does not divide it).
+
+    Megatron-LM always pads to ``divisible_by * tp``, so the same model has a different padded vocabulary at
+    TP=1 and TP=2 and its embedding rows do not reshard exactly. With ``divisible_by`` a multiple of the TP
+    size (128 and TP 1/2/4/8), ours is the same at every layout.
+    """
+    multiple = divisible_by if divisible_by % tp == 0 else divisible_by * tp
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 

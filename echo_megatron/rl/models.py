@@ -42,14 +42,24 @@ class ValueModel(MegatronModule):
         return self.value_head(self.final_norm(hidden)).squeeze(-1).transpose(0, 1).float()
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):
+        from megatron.core import parallel_state as ps
         from megatron.core.transformer.utils import sharded_state_dict_default
 
         sd = self.body.sharded_state_dict(
             prefix=f"{prefix}body.", sharded_offsets=sharded_offsets, metadata=metadata
         )
-        for name in ("final_norm", "value_head"):
+        for name in (
+            "final_norm",
+            "value_head",
+        ):  # replicated over TP: the TP group gives distinct replica ids
             sd.update(
-                sharded_state_dict_default(getattr(self, name), f"{prefix}{name}.", sharded_offsets, metadata)
+                sharded_state_dict_default(
+                    getattr(self, name),
+                    f"{prefix}{name}.",
+                    sharded_offsets,
+                    metadata,
+                    tp_group=ps.get_tensor_model_parallel_group(),
+                )
             )
         return sd
 
