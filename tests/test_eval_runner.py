@@ -238,8 +238,14 @@ def _generations(path: Path) -> list[tuple]:
     return [(r["problem_id"], r["mode"], r["sample"], r["completion"]) for r in read_jsonl(str(path))]
 
 
-def test_eval_command_end_to_end(pretrained):
-    r = cli(["eval", str(pretrained), *EVAL, "logging.progress_bar=true"])
+@pytest.fixture(scope="module")
+def command_run(pretrained):
+    """``echo-megatron eval RUN_DIR`` in a fresh process, as a user runs it."""
+    return cli(["eval", str(pretrained), *EVAL, "logging.progress_bar=true"])
+
+
+def test_eval_command_end_to_end(pretrained, command_run):
+    r = command_run
     res = json.loads((pretrained / "eval" / "testbed.json").read_text())
     _check_schema(res, "testbed")
     assert res["step"] == 8 and res["n"] == 4 and res["temperature"] == 0.7 and res["num_problems"] == 8
@@ -254,6 +260,26 @@ def test_eval_command_end_to_end(pretrained):
     assert row["step"] == 8 and row["testbed/pass@1"] == res["pass@1"]
     assert "testbed  step 8  8 problems" in r.stdout and "pass@k" in r.stdout and "wrote " in r.stdout
     assert "eval/testbed" in r.stderr  # the progress bar
+
+
+def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, tmp_path):
+    """What the RL loop and the demo do: evaluate the model they hold (no reload), then keep training it."""
+    from echo_megatron.distributed.init import destroy
+    from echo_megatron.eval.runner import model_generator
+    from echo_megatron.rollout.loading import load_policy
+
+    policy = load_policy(str(pretrained), EVAL)
+    try:
+        policy.model.train()
+        generate = model_generator(policy.model, policy.tokenizer, policy.cfg)
+        res = evaluate(generate, None, policy.cfg, step=policy.iteration, run_dir=str(tmp_path))
+        assert policy.model.training  # the sampler restores the training mode
+    finally:
+        destroy()
+    ran = json.loads((pretrained / "eval" / "testbed.json").read_text())
+    assert {k: res["testbed"][k] for k in TOP_KEYS} == {k: ran[k] for k in TOP_KEYS}
+    want = _generations(pretrained / "eval" / "testbed.generations.jsonl")
+    assert _generations(tmp_path / "eval" / "testbed.generations.jsonl") == want
 
 
 def test_eval_command_refuses_bad_input_before_building_a_model(pretrained, tmp_path):

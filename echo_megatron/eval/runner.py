@@ -306,7 +306,7 @@ def summarize_mode(
         finishes[key] = finishes.get(key, 0) + 1
     return {
         "num_generations": len(records),
-        "accuracy": sum(map(bool, (r["correct"] for r in records))) / max(len(records), 1),
+        "accuracy": sum(bool(r["correct"]) for r in records) / max(len(records), 1),
         "pass@k": pass_k,
         "maj@k": maj_k,
         "per_format": format_stats([r["format"] for r in records], [bool(r["correct"]) for r in records]),
@@ -578,12 +578,12 @@ def _evaluate_task(generate, task, cfg, layout, pool, step, run_dir, checkpoint,
             checkpoint=checkpoint,
         )
         result["time_s"] = {"generate": round(t1 - t0, 3), "score": round(t2 - t1, 3)}
-        too_long = sum(r["finish_reason"] == PROMPT_TOO_LONG for r in records)
+        too_long = len({r["problem_index"] for r in records if r["finish_reason"] == PROMPT_TOO_LONG})
         if too_long:
             result["prompts_too_long"] = too_long
             print(
-                f"[eval] {task}: {too_long} generations had prompts longer than the model's context "
-                f"(model.seq_length); they count as wrong",
+                f"[eval] {task}: {too_long} of {len(problems)} prompts do not fit the model's context "
+                f"(model.seq_length); their generations are empty and count as wrong",
                 file=sys.stderr,
             )
         if run_dir is not None:
