@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"echo-megatron {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `echo-megatron sweep --dry-run | head`
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

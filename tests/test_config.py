@@ -57,3 +57,9 @@ def test_cli_exit_status_2(tmp_path):
     )
     assert r.returncode == 2
     assert "model.hidden_sise" in r.stderr
+
+
+def test_child_recipe_preset_wins(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {preset: paper_150m}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {preset: paper_1b}\n")
+    assert load_config(str(tmp_path / "child.yaml")).model.hidden_size == 2048

@@ -59,7 +59,7 @@ def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) ->
     from echo_megatron.model.presets import PRESETS
 
     name = OmegaConf.select(overrides, "model.preset", default=None)
-    for _, cfg in chain:
+    for _, cfg in reversed(chain):  # the command line, then the most derived recipe, wins
         name = OmegaConf.select(cfg, "model.preset", default=None) if name is None else name
     if name is None:
         return "", {}
