@@ -282,15 +282,15 @@ def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, 
     assert _generations(tmp_path / "eval" / "testbed.generations.jsonl") == want
 
 
-def test_eval_command_refuses_bad_input_before_building_a_model(pretrained, tmp_path):
+def test_eval_command_refuses_bad_input_with_status_2(pretrained, tmp_path):
     from echo_megatron.cli import main
 
     assert main(["eval", str(tmp_path / "nothing")]) == 2  # no checkpoint
     assert main(["eval", str(pretrained), "eval.ks=[0]"]) == 2
     assert main(["eval", str(pretrained), "eval.tasks=[gsm8k,nope]"]) == 2
-    assert (
-        main(["eval", str(pretrained), "data.tokenizer.path=null"]) == 2
-    )  # a mock-data run has no tokenizer
+    # a mock-data run has no tokenizer; a task file that is missing
+    assert main(["eval", str(pretrained), "data.tokenizer.path=null"]) == 2
+    assert main(["eval", str(pretrained), f"eval.paths.testbed={tmp_path / 'missing.jsonl'}"]) == 2
     assert not (pretrained / "eval").exists() or not list((pretrained / "eval").glob("gsm8k*"))
 
 

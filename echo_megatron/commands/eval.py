@@ -68,7 +68,8 @@ def _precheck(path: str, overrides: list[str]):
     """The run config with the overrides, checked before any model is built (cheap, clear errors)."""
     from echo_megatron.checkpoint import find_checkpoint
     from echo_megatron.config import ConfigError, load_config
-    from echo_megatron.eval.runner import check_eval_config
+    from echo_megatron.eval.runner import check_eval_config, task_path
+    from echo_megatron.eval.tasks import load_task
     from echo_megatron.rollout.loading import run_config_path
 
     try:
@@ -82,6 +83,8 @@ def _precheck(path: str, overrides: list[str]):
             f"prompts; eval needs a run trained on real text"
         )
     check_eval_config(cfg.eval, list(cfg.eval.tasks))
+    for task in cfg.eval.tasks:  # a missing or malformed task file fails now, not after loading the model
+        load_task(task, path=task_path(cfg, task), max_problems=1)
     return ckpt, cfg
 
 

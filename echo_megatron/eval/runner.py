@@ -223,8 +223,6 @@ def check_eval_config(ev, tasks: Sequence[str]) -> None:
         get_task(t)
     if ev.n < 1:
         raise ConfigError(f"eval.n must be >= 1, got {ev.n}")
-    if not ev.greedy and ev.n < 1:
-        raise ConfigError("eval: greedy=false needs eval.n >= 1 samples")
     if any(int(k) < 1 for k in ev.ks):
         raise ConfigError(f"eval.ks must be >= 1, got {list(ev.ks)}")
     if ev.temperature < 0:
