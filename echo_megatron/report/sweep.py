@@ -323,5 +323,7 @@ def run_cost(run: SweepRun, estimator: CostFn | None) -> float | None:
     """GPU-hours of one run from the planner, or None (no planner, or its base recipe is missing)."""
     if estimator is None or (run.base and not os.path.isfile(run.base)):
         return None
-    lines = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in run.all_overrides().items()]
+    from echo_megatron.cluster.pipeline import _yaml_scalar
+
+    lines = [f"{k}={_yaml_scalar(v)}" for k, v in run.all_overrides().items()]
     return float(estimator(load_config(run.base, lines)))
