@@ -251,6 +251,8 @@ def test_no_fp8_kwargs_unless_fp8():
             ["fp8.num_layers_at_start_in_bf16=2", "fp8.num_layers_at_end_in_bf16=2"],
             r"leave none of the 4 layers",
         ),
+        (["model.hidden_size=72"], r"multiples of 16: model.hidden_size = 72"),
+        (["model.ffn_hidden_size=100"], r"multiples of 16: model.ffn_hidden_size = 100"),
     ],
 )
 def test_bad_fp8_knobs_are_named(overrides, message):

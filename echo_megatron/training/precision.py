@@ -38,7 +38,7 @@ import torch
 from echo_megatron.config.loader import ConfigError
 
 FP8_FORMATS = ("hybrid", "e4m3")  # hybrid: e4m3 forward, e5m2 gradients
-FP8_RECIPES = ("delayed", "tensorwise")  # the Hopper recipes megatron-core 0.16 offers with TE >= 2.2
+FP8_RECIPES = ("delayed", "tensorwise")  # H100 recipes of megatron-core 0.16 (tensorwise: TE >= 2.2)
 AMAX_ALGOS = ("max", "most_recent")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper
 FP8_ALIGN = 16  # tokens per GEMM (rows x sequence) and feature sizes, multiples of this
@@ -89,6 +89,20 @@ def validate_fp8(f: Any, num_layers: int, pp: int = 1) -> None:
         )
 
 
+def check_fp8_sizes(m: Any) -> None:
+    """FP8 GEMMs need feature sizes that are multiples of ``FP8_ALIGN`` (hidden, FFN, attention projections)."""
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    head_dim = m.hidden_size // heads
+    sizes = {
+        "model.hidden_size": m.hidden_size,
+        "model.ffn_hidden_size": m.ffn_hidden_size or 4 * m.hidden_size,
+        "the fused QKV width": (heads + 2 * groups) * head_dim,
+    }
+    bad = [f"{k} = {v}" for k, v in sizes.items() if v % FP8_ALIGN]
+    if bad:
+        raise ConfigError(f"train.precision=fp8 needs multiples of {FP8_ALIGN}: " + ", ".join(bad))
+
+
 def fp8_transformer_kwargs(cfg: Any) -> dict[str, Any]:
     """The ``TransformerConfig`` FP8 fields for ``cfg`` (empty unless ``train.precision=fp8``).
 
@@ -99,6 +113,7 @@ def fp8_transformer_kwargs(cfg: Any) -> dict[str, Any]:
         return {}
     f = cfg.fp8
     validate_fp8(f, cfg.model.num_layers, cfg.parallel.pp)
+    check_fp8_sizes(cfg.model)
     recipe = fp8_recipe(f)
     out: dict[str, Any] = {"fp8": f.format, "fp8_recipe": recipe, "fp8_margin": f.margin}
     if recipe == "delayed":
