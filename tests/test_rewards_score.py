@@ -20,7 +20,9 @@ def _jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(workers=2, timeout_s=3.0) as p:
+    # These tests check what real solutions compute, not the time limit (the adversarial suite does): a
+    # generous limit keeps a heavily loaded 2-core CI machine from turning a slow sympy import into a timeout.
+    with SandboxPool(workers=2, timeout_s=15.0) as p:
         yield p
 
 
@@ -154,7 +156,7 @@ def test_omi1_sample_by_execution(pool, shared_data):
     acc = sum(r.correct for r in res) / len(res)
     print(f"OMI1 sample, answers by execution: {acc:.0%}; {Counter((r.format, r.correct) for r in res)}")
     assert acc >= 0.9
-    assert all(r.error is None for r in res)
+    assert all(r.error is None for r in res), Counter(r.error for r in res)
 
 
 def test_score_without_a_pool_starts_and_closes_its_own():
