@@ -4,6 +4,7 @@ the achieved model FLOP/s vs this CPU's measured fp32 matmul peak.
     python bench/pretrain_throughput.py                    # ~25M model (d512, 6 layers, SwiGLU 4d), seq 256
     python bench/pretrain_throughput.py --model small      # d256, 4 layers: where fixed overheads show most
     python bench/pretrain_throughput.py --quick            # fewer steps and trials (a smoke run)
+    python bench/pretrain_throughput.py --sdpa             # what-if: SDPA as the local spec's core attention
 
 Both sides train the same architecture (non-parametric LN, RoPE, SwiGLU, no biases, untied output layer) on
 the same random batches, in the same process, with the same thread count:
@@ -98,10 +99,26 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> lis
     return out
 
 
+class SDPACoreAttention(torch.nn.Module):
+    """What-if (``--sdpa``): megatron's core-attention interface on ``F.scaled_dot_product_attention`` (causal).
+
+    Takes q/k/v ``[s, b, heads, d]`` and returns ``[s, b, heads * d]`` like megatron's ``DotProductAttention``,
+    which computes the same softmax(QK^T / sqrt(d) + causal mask) V with baddbmm + softmax + bmm.
+    """
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, **_):
+        s, b, heads, d = query.shape
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        ctx = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=k.shape[1] != heads
+        )
+        return ctx.permute(2, 0, 1, 3).reshape(s, b, heads * d)
+
+
 class Ours:
     """The echo-megatron training step."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, sdpa: bool = False) -> None:
         from echo_megatron.distributed.init import initialize
         from echo_megatron.training.setup import build_train_state
 
@@ -109,6 +126,9 @@ class Ours:
         _, device = initialize(cfg)
         self.state = build_train_state(cfg, cfg.model.vocab_size, device, total_steps=10**6)
         self.gpt = self.state.model[0].module
+        if sdpa:
+            for layer in self.gpt.decoder.layers:
+                layer.self_attention.core_attention = SDPACoreAttention()
 
     def step(self, batch: dict) -> float:
         from echo_megatron.training.step import lm_loss, train_step
@@ -186,7 +206,9 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     cfg = megatron_config(args.model, args.seq, args.batch, args.threads)
-    ours = Ours(cfg)
+    ours = Ours(cfg, sdpa=args.sdpa)
+    if args.sdpa:
+        print("what-if: megatron's local-spec core attention replaced by SDPA (--sdpa)")
     ref = Ref(args.model, args.seq)
     vocab = cfg.model.vocab_size
     check = make_batches(1, args.batch, args.seq, vocab, seed=123)[0]
@@ -275,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quick", action="store_true", help="2 steps, 1 warm-up, 2 trials")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument(
+        "--sdpa", action="store_true", help="what-if: our step with an SDPA core attention in the local spec"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.trials = 2, 1, 2
