@@ -174,12 +174,6 @@ def test_bf16_on_gpu_sets_no_fp8(te_and_cuda):
     assert tc.bf16 and tc.fp8 is None and tc.params_dtype == torch.bfloat16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="model/builder.py passes fp8_recipe='delayed' with the default fp8.first_last_layers_bf16=true, which "
-    "megatron-core rejects; fix: kwargs.update(precision.fp8_transformer_kwargs(cfg)) (then drop this marker)",
-)
 def test_default_fp8_config_builds(te_and_cuda):
     tc = builder.transformer_config(
         cfg_of("train.precision=fp8", "model.transformer_impl=auto", "model.num_layers=4")

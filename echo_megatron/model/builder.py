@@ -118,18 +118,9 @@ def transformer_config(cfg: DictConfig, vocab_size: int | None = None):
     )
     if m.recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    if cfg.train.precision == "fp8":
-        f = cfg.fp8
-        kwargs.update(
-            fp8=f.format,
-            fp8_recipe="delayed",
-            fp8_margin=f.margin,
-            fp8_amax_history_len=f.amax_history_len,
-            fp8_amax_compute_algo=f.amax_compute_algo,
-            first_last_layers_bf16=f.first_last_layers_bf16,
-            num_layers_at_start_in_bf16=f.num_layers_at_start_in_bf16,
-            num_layers_at_end_in_bf16=f.num_layers_at_end_in_bf16,
-        )
+    from echo_megatron.training.precision import fp8_transformer_kwargs
+
+    kwargs.update(fp8_transformer_kwargs(cfg))  # validated FP8 recipe knobs (empty unless precision=fp8)
     tc = TransformerConfig(**kwargs)
     tc.echo_normalization = m.normalization  # read by model.norms.Norm
     tc.echo_transformer_impl = impl
