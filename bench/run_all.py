@@ -139,9 +139,10 @@ def write(results: list[dict], out: Path, quick: bool, gpu_summary: Path | None)
         "| --- | --- | --- | --- | ---: |",
     ]
     for r in results:
-        summary = "<br>".join(
-            x.replace("|", "\\|") for x in r["key"] if not x.startswith(("model ", "corpus"))
-        )
+        lines = [
+            x for x in r["key"] if not (x.startswith(("model ", "corpus")) and ":" in x)
+        ]  # context lines
+        summary = "<br>".join(x.replace("|", "\\|") for x in lines)
         if r["rc"]:
             summary = f"FAILED (exit {r['rc']})" + (f"<br>{summary}" if summary else "")
         md.append(f"| {r['name']} | `{r['cmd']}` | {r['target']} | {summary or '-'} | {r['seconds']:.0f} |")
