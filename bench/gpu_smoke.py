@@ -40,9 +40,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# FP8 runs pass this until model/builder.py takes its FP8 fields from training.precision.fp8_transformer_kwargs:
-# the builder asks for delayed scaling, which megatron-core refuses with bf16 first/last layers.
-FP8_OVERRIDES = ["fp8.first_last_layers_bf16=false"]
+# FP8 runs use the default fp8.* knobs (what users get): hybrid format, first and last layer in bf16, hence
+# per-tensor current scaling (training.precision.fp8_recipe). Extra fp8.* overrides for every FP8 stage go here.
+FP8_OVERRIDES: list[str] = []
 
 PRETRAIN_RUNS = {
     # name: (preset, seq, micro batch, global batch, steps, warm-up steps)
