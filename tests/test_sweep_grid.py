@@ -8,6 +8,7 @@ import os
 import pytest
 
 from echo_megatron.cli import main
+from echo_megatron.cluster.pipeline import _yaml_scalar
 from echo_megatron.config import ConfigError, load_config
 from echo_megatron.report.sweep import expand, load_grid, missing_bases
 
@@ -78,7 +79,7 @@ def test_dry_run_lists_and_writes_nothing(grid_dir, monkeypatch, capsys):
     assert "grid tiny (grid.yaml): 8 runs = mixture 2 x algorithm 2 x optimizer.lr 2" in out
     assert "every run sets: train.steps=5 rollout.n=4" in out
     assert "tiny-b+c-ppo-lr0.0001" in out and "rl.base=runs/pre_b+c/checkpoints rollout.n=2" in out
-    assert "cost" in out
+    assert "GPU-h" in out  # the planner's cost column (echo_megatron.cluster.plan.estimate_gpu_hours)
     assert not os.path.exists("out")
     os.remove("bases/ppo.yaml")
     assert main(["sweep", "grid.yaml", "--dry-run"]) == 0
@@ -149,5 +150,5 @@ def test_paper_grids(repo_root, scale):
     # once the base recipes exist, every generated recipe must load
     for r in rl + ei:
         if r.base not in missing_bases([r]):
-            lines = [f"{k}={v}" for k, v in r.all_overrides().items()]
+            lines = [f"{k}={_yaml_scalar(v)}" for k, v in r.all_overrides().items()]
             assert load_config(r.base, lines).name == r.name
