@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 
-RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes",
-                       "demo")
+RECIPES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes", "demo"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,10 @@ def _stage(n: int, total: int, title: str, args: list[str]) -> float:
     r = subprocess.run([sys.executable, "-m", "echo_megatron", *args])
     dt = time.perf_counter() - t0
     if r.returncode != 0:
-        print(f"demo: stage '{title}' failed (exit {r.returncode}); fix it and rerun: finished stages are kept",
-              file=sys.stderr)
+        print(
+            f"demo: stage '{title}' failed (exit {r.returncode}); fix it and rerun: finished stages are kept",
+            file=sys.stderr,
+        )
         raise SystemExit(r.returncode)
     print(f"   done in {dt:.0f}s", flush=True)
     return dt
@@ -61,21 +64,30 @@ def run(args: argparse.Namespace) -> int:
 
     stage("testbed", "testbed: problems in three formats + tokenizer", ["testbed", rec("testbed.yaml"), *tb])
     stage("preprocess", "preprocess: indexed datasets", ["preprocess", rec("testbed.yaml"), *tb])
-    stage("pretrain", "pretrain the base from scratch", ["pretrain", rec("testbed.yaml"), *tb, f"run_dir={base}"])
+    stage(
+        "pretrain",
+        "pretrain the base from scratch",
+        ["pretrain", rec("testbed.yaml"), *tb, f"run_dir={base}"],
+    )
     stage("eval_base", "evaluate the base", ["eval", base, *tb, "eval.tasks=[testbed]"])
     runs = []
     for algo in algos:
         run_dir = os.path.join(out, algo)
         runs.append(run_dir)
-        stage(algo, f"RL: {algo} from the base",
-              ["rl", rec(f"{algo}_testbed.yaml"), *tb, f"rl.base={base}", f"run_dir={run_dir}"])
+        stage(
+            algo,
+            f"RL: {algo} from the base",
+            ["rl", rec(f"{algo}_testbed.yaml"), *tb, f"rl.base={base}", f"run_dir={run_dir}"],
+        )
         stage(f"eval_{algo}", f"evaluate the {algo} policy", ["eval", run_dir, *tb, "eval.tasks=[testbed]"])
     stage("report", "report", ["report", base, *runs, "--out", out])
 
     from echo_megatron.report.runs import headline
 
-    print(f"\n== echo-megatron demo finished in {time.perf_counter() - t0:.0f}s "
-          f"({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})")
+    print(
+        f"\n== echo-megatron demo finished in {time.perf_counter() - t0:.0f}s "
+        f"({', '.join(f'{k} {v:.0f}s' for k, v in times.items())})"
+    )
     print(f"   base: {headline(base)}")
     for r in runs:
         print(f"   {os.path.basename(r)}: {headline(r)}")

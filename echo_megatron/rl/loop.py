@@ -27,6 +27,7 @@ from echo_megatron.rundir import RunDir
 from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.loop import StopSignal, _say, save_config
 from echo_megatron.training.metrics import MetricsLogger
+from echo_megatron.training.precision import bf16_generation, pad_width, width_multiple
 from echo_megatron.training.setup import (
     attach_schedule_hooks,
     build_model_chunks,
@@ -221,7 +222,8 @@ class RLTrainer:
             seed=c.seed * 1_000_003 + step * 7919 + self.ps.get_data_parallel_rank(),
         )
         params.update(overrides)
-        return self.backend.generate(ids, **params)
+        with bf16_generation():  # FP8 runs train in FP8 and generate in bf16 on the same weights
+            return self.backend.generate(ids, **params)
 
     def step(self, step: int) -> dict[str, float]:
         cfg, c = self.cfg, self.cfg.rollout
@@ -234,7 +236,7 @@ class RLTrainer:
         results = self.scorer(texts, answers)
         t2 = time.perf_counter()
         scores = torch.tensor([r["reward"] for r in results], dtype=torch.float32)
-        exp = build_experience(rollouts, self.tok.pad)
+        exp = pad_width(build_experience(rollouts, self.tok.pad), width_multiple(cfg), self.tok.pad)
         mbs = split_rows(exp, cfg.rl.micro_batch_size)
         temp = c.temperature
 
