@@ -15,8 +15,7 @@ that would not fit in what is left of ``--budget`` seconds is skipped and says s
    bf16; ``training.flops``), peak memory, and the loss after N steps.
 2. ``grpo``: the testbed (``recipes/demo``): generate data, preprocess, pretrain a base with
    ``echo-megatron pretrain`` on the GPU (bf16, the real loop with its checkpoint), then a few GRPO steps in FP8
-   through ``rl.loop.train_rl`` (generation in bf16). The FP8 width alignment of RL batches
-   (``training.precision.pad_width``) is applied by this driver until rl/loop.py calls it (a no-op then).
+   through ``rl.loop.train_rl`` (generation in bf16; the loop pads experience batches to FP8's width multiple).
    Figures: rollout tokens/s, generate / train seconds per step, reward.
 3. ``rollout``: ``bench/rollout_throughput.py --device cuda`` (the sampler vs HF generate on the same weights).
 
@@ -220,15 +219,11 @@ def grpo_stage(a: argparse.Namespace) -> dict:
         cfg = OmegaConf.merge(cfg, {"train": {"precision": prec}})
     res["precision"] = prec
     res["generation"] = "bf16" if P.generation_dtype(prec).itemsize == 2 else "fp32"
-    import echo_megatron.rl.loop as rl_loop
+    from echo_megatron.rl.loop import train_rl
 
-    build = rl_loop.build_experience
-    multiple = P.width_multiple(cfg)
-    rl_loop.build_experience = lambda rollouts, pad: P.pad_width(build(rollouts, pad), multiple, pad)
     try:
-        rl_loop.train_rl(cfg)
+        train_rl(cfg)  # the loop pads experience batches to FP8's width multiple itself
     finally:
-        rl_loop.build_experience = build
         destroy()
     rows = [
         r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("phase") == "rl"

@@ -279,6 +279,23 @@ def test_generation_precision():
     assert precision.generation_overrides("bf16") == []
 
 
+def test_fp8_run_loads_for_generation_in_bf16_on_gpu_and_fp32_on_cpu(monkeypatch):
+    from echo_megatron.rollout.loading import inference_overrides
+
+    def loaded(trained_in: str) -> tuple[str, str, str]:
+        cfg = load_config(
+            TINY, ["train.precision=" + trained_in, *inference_overrides(1, trained_in=trained_in)]
+        )
+        return cfg.train.precision, cfg.parallel.device, cfg.model.transformer_impl
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loaded("fp8") == ("fp32", "cpu", "local")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert loaded("fp8")[:2] == ("bf16", "cuda")
+    assert loaded("bf16")[:2] == ("bf16", "cuda")
+    assert loaded("fp32")[:2] == ("fp32", "cuda")
+
+
 def _experience(widths: list[int], pad: int = 0) -> dict[str, torch.Tensor]:
     from echo_megatron.rl.experience import build_experience
     from echo_megatron.rollout.backend import Rollout

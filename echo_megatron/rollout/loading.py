@@ -47,8 +47,14 @@ def run_config_path(checkpoint: str) -> str:
     return path
 
 
-def inference_overrides(tp: int, device: str | None = None) -> list[str]:
-    """Layout and precision for inference on this machine (PP = 1, no distributed optimizer)."""
+def inference_overrides(tp: int, device: str | None = None, trained_in: str = "fp32") -> list[str]:
+    """Layout and precision for inference on this machine (PP = 1, no distributed optimizer).
+
+    A run trained in FP8 generates in bf16 on a GPU (same TE layers and weights, no FP8 recipe); on a CPU every
+    run loads in fp32 with the local spec.
+    """
+    from echo_megatron.training.precision import generation_overrides
+
     on_gpu = torch.cuda.is_available() and device != "cpu"
     out = [
         f"parallel.tp={tp}",
@@ -56,6 +62,7 @@ def inference_overrides(tp: int, device: str | None = None) -> list[str]:
         "parallel.vpp=null",
         "parallel.use_distributed_optimizer=false",
         f"parallel.device={'cuda' if on_gpu else 'cpu'}",
+        *generation_overrides(trained_in),
     ]
     if not on_gpu:
         out += ["train.precision=fp32", "model.transformer_impl=local"]
@@ -76,7 +83,8 @@ def load_policy(path: str, overrides: Sequence[str] = (), tp: int | None = None)
     ckpt = find_checkpoint(path)
     world = detect_env().world_size
     tp = world if tp is None else tp
-    cfg = load_config(run_config_path(ckpt), [*inference_overrides(tp), *overrides])
+    trained_in = load_config(run_config_path(ckpt)).train.precision
+    cfg = load_config(run_config_path(ckpt), [*inference_overrides(tp, trained_in=trained_in), *overrides])
     _, device = initialize(cfg)
     tokenizer = None
     if cfg.data.tokenizer.path:
