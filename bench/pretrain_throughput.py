@@ -4,13 +4,13 @@ the achieved model FLOP/s vs this CPU's measured fp32 matmul peak.
     python bench/pretrain_throughput.py                    # ~25M model (d512, 6 layers, SwiGLU 4d), seq 256
     python bench/pretrain_throughput.py --model small      # d256, 4 layers: where fixed overheads show most
     python bench/pretrain_throughput.py --quick            # fewer steps and trials (a smoke run)
-    python bench/pretrain_throughput.py --sdpa             # what-if: SDPA as the local spec's core attention
+    python bench/pretrain_throughput.py --core-attention megatron   # megatron's DotProductAttention instead of SDPA
 
 Both sides train the same architecture (non-parametric LN, RoPE, SwiGLU, no biases, untied output layer) on
 the same random batches, in the same process, with the same thread count:
 
 * ours:  ``echo_megatron.training.setup.build_train_state`` + ``training.step.train_step`` (megatron GPTModel,
-         local spec, megatron DDP grad buffers, megatron optimizer = torch AdamW on CPU, grad clipping, LR
+         local spec with SDPA core attention and the SwiGLU MLP of ``model/``, megatron DDP grad buffers, megatron optimizer = torch AdamW on CPU, grad clipping, LR
          schedule, per-token loss reporting): exactly what ``echo-megatron pretrain`` runs per step;
 * ref:   ``bench/reference_decoder.py`` with ``torch.optim.AdamW`` and ``clip_grad_norm_`` (SDPA attention).
 
@@ -48,7 +48,7 @@ MODELS = {
 LR, BETAS, EPS, WD, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
-def megatron_config(model: str, seq: int, batch: int, threads: int):
+def megatron_config(model: str, seq: int, batch: int, threads: int, core_attention: str = "sdpa"):
     from echo_megatron.config import load_config
 
     h, layers, heads, ffn, vocab = MODELS[model]
@@ -62,6 +62,7 @@ def megatron_config(model: str, seq: int, batch: int, threads: int):
             f"model.vocab_size={vocab}",
             f"model.seq_length={seq}",
             "model.normalization=NonParametricLayerNorm",
+            f"model.core_attention={core_attention}",
             "model.activation=swiglu",
             "model.position_embedding_type=rope",
             "model.untie_embeddings_and_output_weights=true",
@@ -99,26 +100,10 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, seed: int = 0) -> lis
     return out
 
 
-class SDPACoreAttention(torch.nn.Module):
-    """What-if (``--sdpa``): megatron's core-attention interface on ``F.scaled_dot_product_attention`` (causal).
-
-    Takes q/k/v ``[s, b, heads, d]`` and returns ``[s, b, heads * d]`` like megatron's ``DotProductAttention``,
-    which computes the same softmax(QK^T / sqrt(d) + causal mask) V with baddbmm + softmax + bmm.
-    """
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, **_):
-        s, b, heads, d = query.shape
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        ctx = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=k.shape[1] != heads
-        )
-        return ctx.permute(2, 0, 1, 3).reshape(s, b, heads * d)
-
-
 class Ours:
     """The echo-megatron training step."""
 
-    def __init__(self, cfg, sdpa: bool = False) -> None:
+    def __init__(self, cfg) -> None:
         from echo_megatron.distributed.init import initialize
         from echo_megatron.training.setup import build_train_state
 
@@ -126,9 +111,6 @@ class Ours:
         _, device = initialize(cfg)
         self.state = build_train_state(cfg, cfg.model.vocab_size, device, total_steps=10**6)
         self.gpt = self.state.model[0].module
-        if sdpa:
-            for layer in self.gpt.decoder.layers:
-                layer.self_attention.core_attention = SDPACoreAttention()
 
     def step(self, batch: dict) -> float:
         from echo_megatron.training.step import lm_loss, train_step
@@ -205,10 +187,8 @@ def run(args: argparse.Namespace) -> dict:
     from echo_megatron.training.flops import flops_per_token
 
     torch.set_num_threads(args.threads)
-    cfg = megatron_config(args.model, args.seq, args.batch, args.threads)
-    ours = Ours(cfg, sdpa=args.sdpa)
-    if args.sdpa:
-        print("what-if: megatron's local-spec core attention replaced by SDPA (--sdpa)")
+    cfg = megatron_config(args.model, args.seq, args.batch, args.threads, args.core_attention)
+    ours = Ours(cfg)
     ref = Ref(args.model, args.seq)
     vocab = cfg.model.vocab_size
     check = make_batches(1, args.batch, args.seq, vocab, seed=123)[0]
@@ -221,6 +201,7 @@ def run(args: argparse.Namespace) -> dict:
     print(
         f"model {args.model}: {total / 1e6:.1f}M parameters ({n / 1e6:.1f}M multiplying), seq {args.seq}, "
         f"batch {args.batch} ({tokens} tokens/step), vocab {vocab}, {args.threads} threads, "
+        f"core attention {args.core_attention}, "
         f"{fpt / 1e6:.1f} MFLOP/token",
         flush=True,
     )
@@ -253,6 +234,7 @@ def run(args: argparse.Namespace) -> dict:
     bc = {k: max(v) for k, v in cpu.items()}
     res = {
         "model": args.model,
+        "core_attention": args.core_attention,
         "params": total,
         "matmul_params": n,
         "seq": args.seq,
@@ -298,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 steps, 1 warm-up, 2 trials")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument(
-        "--sdpa", action="store_true", help="what-if: our step with an SDPA core attention in the local spec"
+        "--core-attention",
+        default="sdpa",
+        choices=["sdpa", "megatron"],
+        help="model.core_attention of our side (sdpa, the default, or megatron's DotProductAttention)",
     )
     args = ap.parse_args(argv)
     if args.quick:

@@ -139,6 +139,9 @@ def layer_spec(cfg: DictConfig, tc, vp_stage: int | None = None):
         get_num_layers_to_build,
     )
 
+    from echo_megatron.config.loader import ConfigError
+    from echo_megatron.model.attention import SDPAttention
+    from echo_megatron.model.mlp import GatedMLP
     from echo_megatron.model.norms import Norm
 
     if tc.echo_transformer_impl == "transformer_engine":
@@ -148,6 +151,12 @@ def layer_spec(cfg: DictConfig, tc, vp_stage: int | None = None):
         final_norm = TENorm
     else:
         spec = get_gpt_layer_local_spec()
+        core = cfg.model.core_attention
+        if core == "sdpa":
+            spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        elif core != "megatron":
+            raise ConfigError(f"model.core_attention: unknown value '{core}' (sdpa | megatron)")
+        spec.submodules.mlp = GatedMLP  # the local spec's linears; see model/mlp.py
         spec.submodules.input_layernorm = Norm
         spec.submodules.pre_mlp_layernorm = Norm
         final_norm = Norm
