@@ -70,7 +70,10 @@ SlurmdPort=$slurmd_port
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/munge.socket
+# cred_expire: a job step credential's lifetime, which is also how long a requeued job is held before it may
+# start again (default 120 s). A requeued job released early (scontrol update StartTime=now) can meet its
+# previous run's revoked credential and fail at launch; a short lifetime makes the hold itself short.
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
