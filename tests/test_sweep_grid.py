@@ -152,3 +152,12 @@ def test_paper_grids(repo_root, scale):
         if r.base not in missing_bases([r]):
             lines = [f"{k}={_yaml_scalar(v)}" for k, v in r.all_overrides().items()]
             assert load_config(r.base, lines).name == r.name
+
+
+def test_testbed_kl_grid_loads(repo_root):
+    grid = expand(load_grid(str(repo_root / "recipes/demo/sweeps/kl_testbed.yaml")))
+    assert [r.name for r in grid] == [f"kl_testbed-kl{k}" for k in ("0", "0.01", "0.1", "1")]
+    for r, kl in zip(grid, (0.0, 0.01, 0.1, 1.0)):
+        cfg = load_config(r.base, [f"{k}={_yaml_scalar(v)}" for k, v in r.all_overrides().items()])
+        assert cfg.rl.algorithm == "grpo" and cfg.rl.steps == 150 and cfg.rl.initial_policy_kl_penalty == kl
+        assert cfg.run_dir == f"runs/kl_testbed/{r.name}"
