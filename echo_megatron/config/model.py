@@ -28,7 +28,7 @@ class ModelConfig:
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
     transformer_impl: str = "local"  # local | transformer_engine | auto
-    core_attention: str = "sdpa"  # local spec only: sdpa (torch's fused kernel) | megatron (DotProductAttention)
+    core_attention: str = "sdpa"  # local spec: sdpa (torch's kernel) | megatron (DotProductAttention)
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     recompute: bool = False  # full-layer activation recompute (saves memory, costs ~33% compute)
