@@ -10,9 +10,12 @@ Both sides train the same architecture (non-parametric LN, RoPE, SwiGLU, no bias
 the same random batches, in the same process, with the same thread count:
 
 * ours:  ``echo_megatron.training.setup.build_train_state`` + ``training.step.train_step`` (megatron GPTModel,
-         local spec with SDPA core attention and the SwiGLU MLP of ``model/``, megatron DDP grad buffers, megatron optimizer = torch AdamW on CPU, grad clipping, LR
-         schedule, per-token loss reporting): exactly what ``echo-megatron pretrain`` runs per step;
-* ref:   ``bench/reference_decoder.py`` with ``torch.optim.AdamW`` and ``clip_grad_norm_`` (SDPA attention).
+         local spec with SDPA core attention and the SwiGLU MLP of ``model/``, the CPU versions of megatron's
+         fused RoPE and weight-gradient accumulation (``distributed/cpu_shims.py``), megatron DDP grad buffers,
+         megatron optimizer = torch's fused AdamW on CPU, grad clipping, LR schedule, per-token loss
+         reporting): exactly what ``echo-megatron pretrain`` runs per step;
+* ref:   ``bench/reference_decoder.py`` with ``torch.optim.AdamW`` (torch's default, per-tensor on CPU) and
+         ``clip_grad_norm_`` (SDPA attention, RoPE as x cos + rotate_half(x) sin).
 
 Before timing, the reference loads the megatron model's weights and both losses are compared (same math).
 Trials alternate ours / ref; each trial times ``--steps`` steps after ``--warmup`` steps, and the matmul peak

@@ -8,6 +8,7 @@ from echo_megatron.distributed import cpu_shims
 
 
 def test_mode_maps_cuda_requests_to_cpu():
+    before = torch.ones(1).type()  # "torch.FloatTensor", unless an earlier in-process test enabled the shims
     with cpu_shims.CudaToCpuMode():
         a = torch.empty(3, device="cuda")  # megatron: grad buffers, optimizer scalars
         b = torch.zeros(2, device=0)  # megatron: device=torch.cuda.current_device() (an int on GPU)
@@ -17,7 +18,7 @@ def test_mode_maps_cuda_requests_to_cpu():
         # the optimizer and grad clipping check param.type() == 'torch.cuda.FloatTensor'
         assert torch.ones(1).type() == "torch.cuda.FloatTensor"
         assert torch.ones(1, dtype=torch.bfloat16).type() == "torch.cuda.BFloat16Tensor"
-    assert torch.ones(1).type() == "torch.FloatTensor"  # scoped: gone outside the mode
+    assert torch.ones(1).type() == before  # scoped: gone outside the mode
 
 
 def test_wall_clock_event():
@@ -41,3 +42,59 @@ def test_cpu_rng_tracker_forks_and_restores():
     assert not torch.equal(x1, x2)  # the forked stream advances
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), x1)  # seeded as asked
+
+
+def test_wgrad_gemm_accumulate_adds_the_weight_gradient_in_place():
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(24, 8, generator=g), torch.randn(24, 5, generator=g)
+    main_grad = torch.randn(5, 8, generator=g)
+    expected = main_grad + dy.t() @ x
+    ptr = main_grad.data_ptr()
+    cpu_shims.CpuWgradGemmAccum.wgrad_gemm_accum_fp32(x, dy, main_grad)
+    torch.testing.assert_close(main_grad, expected)
+    assert main_grad.data_ptr() == ptr  # accumulated in the DDP buffer itself
+
+
+def _rope_freqs(seq: int, rot: int) -> torch.Tensor:
+    """megatron's RotaryEmbedding angles ``[s, 1, 1, rot]``: position x base^(-2i/rot), the halves repeated."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
+    freqs = torch.outer(torch.arange(seq, dtype=torch.float32), inv_freq)
+    return torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+
+
+def test_cpu_fused_rope_equals_megatron_unfused_rope_forward_and_backward():
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    g = torch.Generator().manual_seed(1)
+    for rot in (16, 8):  # all features rotated, and partial rotary (the rest passes through)
+        freqs = _rope_freqs(10, rot)
+        qkv = torch.randn(10, 3, 4, 3 * 16, generator=g)
+        t = qkv[..., 16:32]  # a non-contiguous view, as megatron's split of the fused QKV projection gives
+        grad = torch.randn(10, 3, 4, 16, generator=g)
+        a, b = t.clone().requires_grad_(), t.clone().requires_grad_()
+        out_ref = _apply_rotary_pos_emb_bshd(a, freqs)
+        out = cpu_shims.cpu_fused_rope(b, freqs)
+        torch.testing.assert_close(out, out_ref)
+        out_ref.backward(grad)
+        out.backward(grad)
+        torch.testing.assert_close(b.grad, a.grad)
+    x = torch.randn(4, 1, 2, 8, dtype=torch.float64, requires_grad=True)
+    f = _rope_freqs(4, 8).double()
+    assert torch.autograd.gradcheck(lambda x: cpu_shims.CpuFusedRoPE.apply(x, f), (x,))
+
+
+def test_fusions_are_on_for_trained_cpu_models_only():
+    from echo_megatron.config import load_config
+    from echo_megatron.distributed.init import initialize
+    from echo_megatron.model.builder import build_model, transformer_config
+
+    cfg = load_config(None, ["model.num_layers=1", "model.vocab_size=128", "parallel.device=cpu"])
+    initialize(cfg)
+    assert cpu_shims.rope_fusion_installed() and cpu_shims.wgrad_fusion_installed()
+    trained, frozen = transformer_config(cfg, for_ddp=True), transformer_config(cfg)
+    assert trained.apply_rope_fusion and frozen.apply_rope_fusion
+    assert trained.gradient_accumulation_fusion and not frozen.gradient_accumulation_fusion
+    model = build_model(cfg, 128)  # used without DDP: its linears must compute ordinary weight grads
+    tokens = torch.randint(0, 128, (2, 16))
+    model(tokens, torch.arange(16).expand(2, 16), None, labels=tokens).sum().backward()
+    assert model.decoder.layers[0].mlp.linear_fc1.weight.grad is not None

@@ -22,6 +22,18 @@ which is called only when the run's device is the CPU (never on GPU runs), and a
 4. Torch ``LayerNorm`` in megatron's local spec refuses ``sequence_parallel=True`` (it wants the
    fused Apex kernel only to mark its params); our norm modules (model/norms.py) support it, so
    sequence parallelism is testable on CPU.
+5. ``CpuWgradGemmAccum``: megatron's ``gradient_accumulation_fusion`` accumulates each linear's weight gradient
+   straight into the DDP grad buffer (``main_grad += dY^T X``) with the CUDA extension
+   ``fused_weight_gradient_mlp_cuda``; without it every backward allocates a weight-sized gradient and the DDP
+   hook adds it to ``main_grad`` in a second pass. On the CPU the same GEMM-accumulate is torch's in-place
+   ``addmm_`` (BLAS with beta = 1), installed as that extension.
+6. ``CpuFusedRoPE``: with ``apply_rope_fusion`` megatron applies rotary embeddings with TransformerEngine's fused
+   kernel; its unfused fallback makes ~5 full passes per tensor plus two copies (a final ``cat`` with the empty
+   non-rotary part and the backward of a full-width slice). The same rotation written as one autograd function
+   with in-place half-width multiply-adds makes two passes forward and two backward.
+
+Shims 5 and 6 are what the model builder keys its fusion flags on (``wgrad_fusion_installed``,
+``rope_fusion_installed``): they are never turned on where the CPU versions are not installed.
 """
 
 from __future__ import annotations
@@ -131,8 +143,92 @@ def cpu_model_parallel_seed(seed: int) -> None:
     tracker.add(mp_random._EXPERT_PARALLEL_RNG_TRACKER_NAME, seed + 1024)
 
 
+class CpuWgradGemmAccum:
+    """``fused_weight_gradient_mlp_cuda`` on the CPU (shim 5): ``main_grad += grad_output^T @ total_input``.
+
+    megatron calls it from the backward of its column/row-parallel linears with 2-D ``total_input``
+    ``[tokens, in]`` and ``grad_output`` ``[tokens, out]`` and the weight's ``main_grad`` ``[out, in]``.
+    """
+
+    @staticmethod
+    def wgrad_gemm_accum_fp32(
+        total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor
+    ) -> None:
+        main_grad.addmm_(grad_output.t().to(main_grad.dtype), total_input.to(main_grad.dtype))
+
+    wgrad_gemm_accum_fp16 = wgrad_gemm_accum_fp32
+
+
+def install_wgrad_accumulation_fusion() -> None:
+    """Make megatron's linears find ``fused_weight_gradient_mlp_cuda`` (shim 5)."""
+    from megatron.core.tensor_parallel import layers
+
+    layers.fused_weight_gradient_mlp_cuda = CpuWgradGemmAccum
+    layers._grad_accum_fusion_available = True
+
+
+def wgrad_fusion_installed() -> bool:
+    from megatron.core.tensor_parallel import layers
+
+    return getattr(layers, "fused_weight_gradient_mlp_cuda", None) is CpuWgradGemmAccum
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """``[x1, x2] -> [x1 c1 - sign x2 s1, x2 c2 + sign x1 s2]`` over the first ``cos.shape[-1]`` features (the
+    rest copied), with half-width in-place multiply-adds. sign = +1: RoPE (x cos + rotate_half(x) sin, with
+    rotate_half([x1, x2]) = [-x2, x1]); sign = -1: its transpose, the backward."""
+    rot = cos.shape[-1]
+    h = rot // 2
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    x1, x2 = x[..., :h], x[..., h:rot]
+    o1, o2 = out[..., :h], out[..., h:rot]
+    torch.mul(x1, cos[..., :h], out=o1)
+    o1.addcmul_(x2, sin[..., :h], value=-sign)
+    torch.mul(x2, cos[..., h:], out=o2)
+    o2.addcmul_(x1, sin[..., h:], value=sign)
+    if rot < x.shape[-1]:
+        out[..., rot:] = x[..., rot:]
+    return out
+
+
+class CpuFusedRoPE(torch.autograd.Function):
+    """Rotary position embedding (Su et al. 2021, eq. 34) on ``[s, b, heads, d]`` with ``freqs`` ``[s, 1, 1, r]``
+    (r <= d, non-interleaved halves): y = x cos(freqs) + rotate_half(x) sin(freqs) (shim 6)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        cos, sin = freqs.cos().to(t.dtype), freqs.sin().to(t.dtype)
+        ctx.save_for_backward(cos, sin)
+        return _rotate(t, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, -1.0), None
+
+
+def cpu_fused_rope(t: torch.Tensor, freqs: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """megatron's ``fused_apply_rotary_pos_emb(t, freqs, interleaved)`` on the CPU."""
+    if interleaved:
+        raise ValueError("the CPU fused RoPE supports non-interleaved rotary embeddings only")
+    return CpuFusedRoPE.apply(t, freqs)
+
+
+def install_rope_fusion() -> None:
+    """Give megatron's ``apply_rotary_pos_emb`` a fused RoPE for ``bshd`` tensors (shim 6)."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    rope_utils.fused_apply_rotary_pos_emb = cpu_fused_rope
+
+
+def rope_fusion_installed() -> bool:
+    from megatron.core.models.common.embeddings import rope_utils
+
+    return getattr(rope_utils, "fused_apply_rotary_pos_emb", None) is cpu_fused_rope
+
+
 def enable_cpu_shims() -> None:
-    """Install shims 1-2 for the rest of the process (CPU runs only; idempotent)."""
+    """Install shims 1, 2, 5 and 6 for the rest of the process (CPU runs only; idempotent)."""
     global _ENABLED
     if _ENABLED:
         return
@@ -143,4 +239,6 @@ def enable_cpu_shims() -> None:
     torch.cuda.empty_cache = lambda: None
     torch.cuda.Event = _WallClockEvent
     CudaToCpuMode().__enter__()  # stays on the mode stack for the life of the process
+    install_wgrad_accumulation_fusion()
+    install_rope_fusion()
     _ENABLED = True

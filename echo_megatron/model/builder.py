@@ -73,8 +73,15 @@ def check_precision(cfg: DictConfig, impl: str) -> None:
         raise RuntimeError("train.precision=bf16 is for GPU runs; CPU runs use fp32")
 
 
-def transformer_config(cfg: DictConfig, vocab_size: int | None = None):
-    """The megatron ``TransformerConfig`` for ``cfg.model`` / ``cfg.parallel`` / ``cfg.train``."""
+def transformer_config(cfg: DictConfig, vocab_size: int | None = None, *, for_ddp: bool = False):
+    """The megatron ``TransformerConfig`` for ``cfg.model`` / ``cfg.parallel`` / ``cfg.train``.
+
+    On a CPU (the shims of ``distributed.cpu_shims`` installed) the local spec uses the CPU versions of two
+    megatron fusions: fused RoPE (``apply_rope_fusion``) and, when ``for_ddp`` (the model will be wrapped in
+    megatron DDP and trained, so its weights get a ``main_grad`` buffer), weight gradients accumulated straight
+    into that buffer (``gradient_accumulation_fusion``). Models used without DDP (inference, the frozen
+    reference) leave the latter off. GPU runs keep both off in the local spec (TE has its own kernels).
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     m, p = cfg.model, cfg.parallel
@@ -83,6 +90,9 @@ def transformer_config(cfg: DictConfig, vocab_size: int | None = None):
     on_cpu = not torch.cuda.is_available() or cfg.parallel.device == "cpu"
     bf16 = cfg.train.precision in ("bf16", "fp8")
     init = truncated_normal_init(m.init_method_std)
+    from echo_megatron.distributed.cpu_shims import rope_fusion_installed, wgrad_fusion_installed
+
+    local_cpu = impl == "local" and on_cpu
     kwargs = dict(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -111,8 +121,8 @@ def transformer_config(cfg: DictConfig, vocab_size: int | None = None):
         masked_softmax_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        apply_rope_fusion=local_cpu and m.position_embedding_type == "rope" and rope_fusion_installed(),
+        gradient_accumulation_fusion=for_ddp and local_cpu and wgrad_fusion_installed(),
         persist_layer_norm=False,
         deallocate_pipeline_outputs=not on_cpu,
     )
@@ -170,12 +180,15 @@ def build_model(
     vp_stage: int | None = None,
     pre_process: bool | None = None,
     post_process: bool | None = None,
+    for_ddp: bool = False,
 ):
-    """A megatron ``GPTModel`` for this rank's pipeline stage (unwrapped, on the CPU until moved)."""
+    """A megatron ``GPTModel`` for this rank's pipeline stage (unwrapped, on the CPU until moved).
+
+    ``for_ddp``: it will be wrapped in megatron DDP and trained (see ``transformer_config``)."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    tc = transformer_config(cfg)
+    tc = transformer_config(cfg, for_ddp=for_ddp)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:

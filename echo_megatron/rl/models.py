@@ -17,7 +17,7 @@ from echo_megatron.model.norms import Norm
 
 class ValueModel(MegatronModule):
     def __init__(self, cfg: DictConfig, vocab_size: int) -> None:
-        body = build_model(cfg, vocab_size, pre_process=True, post_process=False)
+        body = build_model(cfg, vocab_size, pre_process=True, post_process=False, for_ddp=True)
         super().__init__(config=body.config)
         self.model_type = body.model_type  # read by megatron's schedules
         self.body = body

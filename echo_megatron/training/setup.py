@@ -28,7 +28,10 @@ def build_model_chunks(cfg: DictConfig, vocab_size: int, device: torch.device, w
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     vpp = cfg.parallel.vpp or 1
-    chunks = [build_model(cfg, vocab_size, vp_stage=(i if cfg.parallel.vpp else None)) for i in range(vpp)]
+    chunks = [
+        build_model(cfg, vocab_size, vp_stage=(i if cfg.parallel.vpp else None), for_ddp=wrap_ddp)
+        for i in range(vpp)
+    ]
     chunks = [c.to(device) for c in chunks]
     if not wrap_ddp:
         return chunks
