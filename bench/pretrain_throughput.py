@@ -18,10 +18,12 @@ the same random batches, in the same process, with the same thread count:
          ``clip_grad_norm_`` (SDPA attention, RoPE as x cos + rotate_half(x) sin).
 
 Before timing, the reference loads the megatron model's weights and both losses are compared (same math).
-Trials alternate ours / ref; each trial times ``--steps`` steps after ``--warmup`` steps, and the matmul peak
-(1024^3 fp32, the method of ``training.flops.measure_matmul_peak``) is measured before every trial; the best
-trial of each side and the highest peak count (a shared machine's load varies). Every figure is also given per
-CPU-second of this process (``time.process_time``), which other processes' load disturbs much less.
+Timing interleaves single steps: ``--pairs`` pairs of one ours step and one ref step (the order alternating),
+after ``--warmup`` steps of each. This machine's speed drifts by 10% over seconds (the matmul peak measured a
+few seconds apart does), so the ratio is the median over pairs of t_ref / t_ours of adjacent steps, with its
+interquartile range; tokens/s are the median step of each side. The matmul peak (1024^3 fp32, the method of
+``training.flops.measure_matmul_peak``) is measured every 4 pairs and the highest counts. Every figure is also
+given per CPU-second of this process (``time.process_time``).
 
 Model FLOPs per token = 6 N + 6 L s d (``training.flops.flops_per_token``) with N the parameters that
 multiply (all but the input embedding, a lookup). The vocabulary stays small (1024): at a 32k vocab the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -156,15 +159,17 @@ class Ref:
         return float(self.model(batch["tokens"], batch["labels"]))
 
 
-def timed(step, batches: list[dict], warmup: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) per step over ``batches[warmup:]`` after ``warmup`` untimed steps."""
-    for b in batches[:warmup]:
-        step(b)
+def timed_step(step, batch: dict) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
     t0, c0 = time.perf_counter(), time.process_time()
-    for b in batches[warmup:]:
-        step(b)
-    n = len(batches) - warmup
-    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+    step(batch)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def quantiles(xs: list[float]) -> tuple[float, float, float]:
+    """(25th percentile, median, 75th percentile)."""
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 1024) -> tuple[float, float]:
@@ -214,27 +219,34 @@ def run(args: argparse.Namespace) -> dict:
     if abs(l_ours - l_ref) > 1e-4 * max(1.0, abs(l_ref)):
         raise SystemExit("the reference decoder does not compute the same loss as the megatron model")
 
-    batches = make_batches(args.warmup + args.steps, args.batch, args.seq, vocab)
-    wall = {"ours": [], "ref": [], "peak": []}  # tokens/s per trial (peak: FLOP/s)
-    cpu = {"ours": [], "ref": [], "peak": []}  # tokens (FLOP) per CPU-second
-    for trial in range(args.trials):
-        pw, pc = matmul_peak()
-        wall["peak"].append(pw)
-        cpu["peak"].append(pc)
-        for name, side in (
-            (("ours", ours), ("ref", ref)) if trial % 2 == 0 else (("ref", ref), ("ours", ours))
-        ):
-            dt, dc = timed(side.step, batches, args.warmup)
-            wall[name].append(tokens / dt)
-            cpu[name].append(tokens / dc)
+    batches = make_batches(args.warmup + 2, args.batch, args.seq, vocab)
+    sides = {"ours": ours, "ref": ref}
+    for b in batches[: args.warmup]:
+        for side in sides.values():
+            side.step(b)
+    wall = {"ours": [], "ref": []}  # seconds per step
+    cpu = {"ours": [], "ref": []}
+    peaks_wall, peaks_cpu = [], []
+    for pair in range(args.pairs):
+        if pair % 4 == 0:
+            pw, pc = matmul_peak(0.5)
+            peaks_wall.append(pw)
+            peaks_cpu.append(pc)
+        batch = batches[args.warmup + pair % 2]
+        for name in ("ours", "ref") if pair % 2 == 0 else ("ref", "ours"):
+            dt, dc = timed_step(sides[name].step, batch)
+            wall[name].append(dt)
+            cpu[name].append(dc)
         print(
-            f"  trial {trial + 1}: ours {wall['ours'][-1]:,.0f} tok/s  ref {wall['ref'][-1]:,.0f} tok/s  "
-            f"matmul peak {pw / 1e9:.1f} GFLOP/s   | per CPU-s: ours {cpu['ours'][-1]:,.0f}  "
-            f"ref {cpu['ref'][-1]:,.0f}  peak {pc / 1e9:.1f} GFLOP",
+            f"  pair {pair + 1:2d}: ours {tokens / wall['ours'][-1]:,.0f} tok/s  ref {tokens / wall['ref'][-1]:,.0f} "
+            f"tok/s  ratio {wall['ref'][-1] / wall['ours'][-1]:.3f}",
             flush=True,
         )
-    bw = {k: max(v) for k, v in wall.items()}
-    bc = {k: max(v) for k, v in cpu.items()}
+    r_wall = quantiles([r / o for o, r in zip(wall["ours"], wall["ref"])])
+    r_cpu = quantiles([r / o for o, r in zip(cpu["ours"], cpu["ref"])])
+    tps = {k: tokens / statistics.median(v) for k, v in wall.items()}
+    tps_cpu = {k: tokens / statistics.median(v) for k, v in cpu.items()}
+    peak, peak_cpu = max(peaks_wall), max(peaks_cpu)
     res = {
         "model": args.model,
         "core_attention": args.core_attention,
@@ -243,27 +255,31 @@ def run(args: argparse.Namespace) -> dict:
         "seq": args.seq,
         "batch": args.batch,
         "threads": args.threads,
+        "pairs": args.pairs,
         "flops_per_token": fpt,
         "loss_diff_at_init": abs(l_ours - l_ref),
-        "ours_tokens_per_s": bw["ours"],
-        "ref_tokens_per_s": bw["ref"],
-        "ratio": bw["ours"] / bw["ref"],
-        "matmul_peak_flops": bw["peak"],
-        "peak_fraction": bw["ours"] * fpt / bw["peak"],
-        "ref_peak_fraction": bw["ref"] * fpt / bw["peak"],
-        "cpu_ratio": bc["ours"] / bc["ref"],
-        "cpu_peak_fraction": bc["ours"] * fpt / bc["peak"],
-        "trials_wall": wall,
-        "trials_cpu": cpu,
+        "ours_tokens_per_s": tps["ours"],
+        "ref_tokens_per_s": tps["ref"],
+        "ratio": r_wall[1],
+        "ratio_iqr": [r_wall[0], r_wall[2]],
+        "matmul_peak_flops": peak,
+        "peak_fraction": tps["ours"] * fpt / peak,
+        "ref_peak_fraction": tps["ref"] * fpt / peak,
+        "cpu_ratio": r_cpu[1],
+        "cpu_peak_fraction": tps_cpu["ours"] * fpt / peak_cpu,
+        "steps_wall_s": wall,
+        "steps_cpu_s": cpu,
         "loadavg_1min": os.getloadavg()[0],
     }
+    bw = tps
     print(
-        f"ratio ours/ref: {res['ratio']:.2f}x  (ours {bw['ours']:,.0f} tokens/s, ref {bw['ref']:,.0f} tokens/s; "
-        f"per CPU-second {res['cpu_ratio']:.2f}x; target >= 1.0)"
+        f"ratio ours/ref: {res['ratio']:.2f}x  (median of {args.pairs} adjacent-step pairs, interquartile "
+        f"{r_wall[0]:.2f}-{r_wall[2]:.2f}; median steps: ours {bw['ours']:,.0f} tokens/s, ref {bw['ref']:,.0f} "
+        f"tokens/s; per CPU-second {res['cpu_ratio']:.2f}x; target >= 1.0)"
     )
     print(
         f"peak fraction: {res['peak_fraction']:.0%} of the fp32 matmul peak  (ours {bw['ours'] * fpt / 1e9:.1f} "
-        f"GFLOP/s, peak {bw['peak'] / 1e9:.1f} GFLOP/s, ref {res['ref_peak_fraction']:.0%}; per CPU-second "
+        f"GFLOP/s, peak {peak / 1e9:.1f} GFLOP/s, ref {res['ref_peak_fraction']:.0%}; per CPU-second "
         f"{res['cpu_peak_fraction']:.0%}; target >= 60% for 25m; load average {res['loadavg_1min']:.1f})"
     )
     return res
@@ -274,13 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="25m", choices=list(MODELS))
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8, help="sequences per step (one micro-batch)")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per trial")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument(
-        "--trials", type=int, default=3, help="alternating ours/ref trials; the best of each counts"
-    )
+    ap.add_argument("--pairs", type=int, default=16, help="timed (ours step, ref step) pairs")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each side first")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--quick", action="store_true", help="2 steps, 1 warm-up, 2 trials")
+    ap.add_argument("--quick", action="store_true", help="4 pairs, 1 warm-up step")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument(
         "--core-attention",
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.trials = 2, 1, 2
+        args.pairs, args.warmup = 4, 1
     warnings.filterwarnings("ignore")
     from echo_megatron.distributed.init import destroy
 

@@ -140,3 +140,12 @@ def test_unknown_core_attention_is_a_config_error():
     initialize(cfg)
     with pytest.raises(ConfigError, match=r"model.core_attention: unknown value 'flash'"):
         build_model(cfg, 256)
+
+
+def test_swiglu_function_gradients():
+    from echo_megatron.model.mlp import SwiGLU
+
+    h = torch.randn(3, 2, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(SwiGLU.apply, (h,))
+    gate, up = h.detach().chunk(2, dim=-1)
+    torch.testing.assert_close(SwiGLU.apply(h), F.silu(gate) * up)

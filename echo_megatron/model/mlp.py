@@ -11,9 +11,32 @@ configurations this path does not cover (clamping, an offset, expert scaling, TE
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class SwiGLU(torch.autograd.Function):
+    """y = silu(gate) * up on ``h = [gate; up]`` (last dim). The backward writes both halves' gradients straight
+    into one ``h``-shaped buffer (no ``cat`` of the two, which autograd's ``chunk`` backward does):
+    d gate = g * up * silu'(gate), d up = g * silu(gate)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        gate, up = torch.chunk(h, 2, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(gate, up, act)
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        gate, up, act = ctx.saved_tensors
+        n = gate.shape[-1]
+        grad_h = torch.empty(*grad.shape[:-1], 2 * n, dtype=grad.dtype, device=grad.device)
+        torch.mul(grad, act, out=grad_h[..., n:])
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_h[..., :n])
+        return grad_h
 
 
 class GatedMLP(MLP):
@@ -41,5 +64,7 @@ class GatedMLP(MLP):
         h, bias = self.linear_fc1(hidden_states)  # [s, b, 2 * ffn / tp]: this rank's [gate; up]
         if bias is not None:
             h = h + bias
+        if self.activation_func is F.silu:
+            return self.linear_fc2(SwiGLU.apply(h))
         gate, up = torch.chunk(h, 2, dim=-1)
         return self.linear_fc2(self.activation_func(gate) * up)
