@@ -183,18 +183,13 @@ def get_task(name: str) -> TaskSpec:
 
 def _first_malformed_line(path: str) -> str | None:
     """``file:line: message`` for the first line that is not a JSON object, or None if all parse."""
-    import json
+    from echo_megatron.rundir import numbered_jsonl_rows
 
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{path}:{i}: malformed JSON line: {e}"
-            if not isinstance(row, dict):
-                return f"{path}:{i}: expected a JSON object, got {type(row).__name__}"
+    try:
+        for _ in numbered_jsonl_rows(path):
+            pass
+    except ValueError as e:
+        return str(e)
     return None
 
 

@@ -6,11 +6,12 @@ file with ``question`` and ``answer`` fields. The policy sees ``question + "\\n\
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from echo_megatron.rundir import numbered_jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,13 @@ def load_prompts(spec: str, max_problems: int | None = None) -> list[Prompt]:
     """Prompts from a JSONL path or a task name; a row without a question or answer is an error naming it."""
     if os.path.isfile(spec):
         out: list[Prompt] = []
-        with open(spec, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{spec}:{i}: malformed JSON line: {e}") from e
-                for key in ("question", "answer"):
-                    if row.get(key) in (None, ""):
-                        raise ValueError(f"{spec}:{i}: prompt has no '{key}'")
-                out.append(Prompt(str(row.get("id", i)), str(row["question"]), str(row["answer"])))
-                if max_problems and len(out) >= max_problems:
-                    break
+        for i, row in numbered_jsonl_rows(spec):
+            for key in ("question", "answer"):
+                if row.get(key) in (None, ""):
+                    raise ValueError(f"{spec}:{i}: prompt has no '{key}'")
+            out.append(Prompt(str(row.get("id", i)), str(row["question"]), str(row["answer"])))
+            if max_problems and len(out) >= max_problems:
+                break
     else:
         from echo_megatron.eval.tasks import load_task
 
