@@ -76,22 +76,6 @@ def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
             raise ValueError(f"{path}:{i}: malformed JSON line: {e}") from e
 
 
-def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, row)`` of a JSONL input file (prompts, eval sets), blank lines skipped; a line that is not a
-    JSON object raises ``ValueError("path:line: ...")``."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: malformed JSON line: {e}") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            yield i, row
-
-
 def read_metrics(run_dir: str, phase: str | None = None) -> list[dict[str, Any]]:
     path = RunDir(run_dir).metrics
     if not os.path.exists(path):

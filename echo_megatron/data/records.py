@@ -63,6 +63,15 @@ def parse_json_line(line: str, where: str) -> dict:
     return row
 
 
+def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` of a JSONL input file (prompts, eval sets), parsed here, blank lines skipped; a line
+    that is not a JSON object raises a DataError naming file and line."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                yield i, parse_json_line(line, f"{path}:{i}")
+
+
 def _iter_jsonl(path: str) -> Iterator[Record]:
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):

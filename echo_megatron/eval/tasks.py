@@ -183,7 +183,7 @@ def get_task(name: str) -> TaskSpec:
 
 def _first_malformed_line(path: str) -> str | None:
     """``file:line: message`` for the first line that is not a JSON object, or None if all parse."""
-    from echo_megatron.rundir import numbered_jsonl_rows
+    from echo_megatron.data.records import numbered_jsonl_rows
 
     try:
         for _ in numbered_jsonl_rows(path):

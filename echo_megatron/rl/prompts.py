@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from echo_megatron.rundir import numbered_jsonl_rows
+from echo_megatron.data.records import numbered_jsonl_rows
 
 
 @dataclass(frozen=True)
