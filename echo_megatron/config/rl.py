@@ -150,20 +150,17 @@ class ClusterConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     time: str = "04:00:00"
-    launcher: str = (
-        "torchrun"  # torchrun (one srun task per node, c10d rendezvous) | srun (one task per rank)
-    )
-    container: Optional[str] = (
-        None  # pyxis/enroot image (nvcr.io#nvidia/pytorch:..., a .sqsh) or an Apptainer .sif
-    )
+    # torchrun (one srun task per node, c10d rendezvous) | srun (one task per rank)
+    launcher: str = "torchrun"
+    # pyxis/enroot image (nvcr.io#nvidia/pytorch:..., a .sqsh) or an Apptainer .sif
+    container: Optional[str] = None
     container_runtime: str = "auto"  # auto (.sif = apptainer, else pyxis) | pyxis | apptainer
     container_mounts: Optional[str] = None  # SRC:DST[,SRC:DST...]; the submit directory is always mounted
     cpus_per_task: Optional[int] = None  # CPUs per srun task (torchrun: the whole node's share)
     mem: Optional[str] = None  # --mem ("0" = all of the node's memory)
     exclusive: bool = True  # --exclusive nodes
-    signal_lead_s: int = (
-        120  # --signal=B:USR1@N: save a checkpoint and requeue N seconds before the time limit
-    )
+    # --signal=B:USR1@N: save a checkpoint and requeue N seconds before the time limit
+    signal_lead_s: int = 120
     requeue: bool = True  # requeue after a USR1 save (time limit / preemption warning)
     max_requeues: int = 50  # stop requeueing after this many restarts (SLURM_RESTART_COUNT)
     master_port: int = 29500  # the job's rendezvous port is master_port + SLURM_JOB_ID % 10000
