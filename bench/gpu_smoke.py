@@ -162,9 +162,14 @@ def pretrain_stage(a: argparse.Namespace) -> dict:
 def _cli(args: list[str], log) -> None:
     cmd = [sys.executable, "-m", "echo_megatron", *args]
     print("  $ echo-megatron " + " ".join(args), flush=True)
+    start = log.tell()
     p = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
     if p.returncode:
-        raise RuntimeError(f"echo-megatron {args[0]} failed (exit {p.returncode}); see the log")
+        log.flush()
+        with open(log.name) as f:  # the command's own output, so a failure is readable in gpu_smoke.log
+            f.seek(start)
+            print("".join(f.readlines()[-40:]), flush=True)
+        raise RuntimeError(f"echo-megatron {args[0]} failed (exit {p.returncode}); its output is above")
 
 
 def grpo_stage(a: argparse.Namespace) -> dict:
@@ -275,7 +280,7 @@ def plan(dry: bool) -> list[tuple[str, list[str], int]]:
     return [
         ("pretrain paper_150m bf16", ["pretrain", "--run", "paper_150m", "--precision", "bf16"], 90),
         ("pretrain paper_150m fp8", ["pretrain", "--run", "paper_150m", "--precision", "fp8"], 90),
-        ("grpo testbed", ["grpo", "--base-steps", "300", "--rl-steps", "4"], 120),
+        ("grpo testbed", ["grpo", "--base-steps", "300", "--rl-steps", "4"], 150),
         ("pretrain paper_1b bf16", ["pretrain", "--run", "paper_1b", "--precision", "bf16"], 100),
         ("pretrain paper_1b fp8", ["pretrain", "--run", "paper_1b", "--precision", "fp8"], 100),
         ("rollout 25m", ["rollout"], 90),

@@ -67,5 +67,6 @@ echo "tests took $(( $(date +%s) - t0 ))s (exit: cpu $cpu_rc, gpu $gpu_rc)" | te
 # -- 4. figures -------------------------------------------------------------------------------------------------
 PYTHONUNBUFFERED=1 "$PY" bench/gpu_smoke.py all --out "$OUT" --budget "$BUDGET" 2>&1 | tee -a "$LOG"
 fig_rc=${PIPESTATUS[0]}
+cp /tmp/echo-gpu-smoke/cli.log "$OUT/cli.log" 2>/dev/null  # the testbed/preprocess/pretrain commands' output
 echo "tests/test_gpu_selection.py: exit $cpu_rc with the GPU hidden, $gpu_rc with it visible" | tee -a "$OUT/summary.md"
 [ "$cpu_rc" -eq 0 ] && [ "$gpu_rc" -eq 0 ] && [ "$fig_rc" -eq 0 ]
