@@ -252,7 +252,7 @@ def rollout_stage(a: argparse.Namespace) -> dict:
     dev = "cpu" if a.dry_run_cpu else "cuda"
     models = "tiny" if a.dry_run_cpu else "25m"
     cmd = [sys.executable, str(REPO / "bench/rollout_throughput.py"), "--device", dev, "--models", models]
-    cmd += ["--quick", "--json", str(out)]
+    cmd += ["--quick", "--repeats", "3", "--json", str(out)]
     print("  $ " + " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
     r = json.loads(out.read_text())["results"][0]

@@ -145,6 +145,28 @@ def consistency(model, prompts: list[list[int]], vocab: int, seq_len: int, new: 
     return out
 
 
+def profile_paths(
+    paths: dict, prompts: list[list[int]], samples: int, new: int, device: torch.device
+) -> None:
+    """Where each path's time goes: torch.profiler over one call, the top operators by self CPU time (and the
+    GPU kernel total on CUDA). Per decode step, a small model is bound by the host issuing operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name, fn in paths.items():
+        with profile(activities=acts) as prof:
+            fn(prompts, samples, new)
+            sync(device)
+        ev = prof.key_averages()
+        gpu = sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e3
+        cpu = sum(e.self_cpu_time_total for e in ev) / 1e3
+        print(
+            f"  profile {name}: self CPU {cpu:.0f} ms, GPU kernels {gpu:.0f} ms over {new} decode steps",
+            flush=True,
+        )
+        print(ev.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48), flush=True)
+
+
 def bench_model(name: str, args, device: torch.device) -> dict:
     from echo_megatron.checkpoint.hf_export import build_hf_model, megatron_state_dict, to_hf_state_dict
     from echo_megatron.rollout.reference import generate_no_cache
@@ -222,7 +244,9 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         row["weight_sync_s"] = dt
         print(f"  weight sync into the HF copy: {dt * 1e3:.0f} ms", flush=True)
     for fn in paths.values():
-        fn(prompts[:2], 2, 4)  # warm-up
+        # warm-up. On a GPU at the measured shapes: the first call at a batch size pays for CUDA kernel and
+        # cuBLAS heuristic selection (seconds for a 25M model on an H100, more than the timed run itself).
+        fn(prompts, args.samples, new) if device.type == "cuda" else fn(prompts[:2], 2, 4)
     for rep in range(args.repeats):
         for name_, fn in paths.items():
             made, dt, mem = timed(lambda fn=fn: fn(prompts, args.samples, new), device)
@@ -239,12 +263,17 @@ def bench_model(name: str, args, device: torch.device) -> dict:
                 flush=True,
             )
 
+    if args.profile:
+        profile_paths(paths, prompts, args.samples, new, device)
+
     # no-cache loop on a subset
     sub = prompts[: max(1, args.nocache_rows // args.samples)]
     steps = min(args.nocache_steps, new)
     nk = dict(
         n=min(args.samples, args.nocache_rows), max_new_tokens=steps, temperature=1.0, seed=1, pad_id=pad
     )
+    if device.type == "cuda":  # warm-up at the measured shapes (see above)
+        generate_no_cache(model, sub, vocab_size=vocab, **nk)
     out, dt, mem = timed(lambda: generate_no_cache(model, sub, vocab_size=vocab, **nk), device)
     made = sum(len(r) for r in out)
     row["no_cache"] = {
@@ -271,6 +300,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    if device.type == "cuda":
+        train_pass()  # warm-up: the backward kernels' first use
     _, dt, mem = timed(train_pass, device)
     model.eval()
     n_tok = seqs.shape[0] * (seqs.shape[1] - 1)
@@ -313,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only-check", action="store_true", help="the consistency check only")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print where ours and hf spend their time")
     ap.add_argument("--repeats", type=int, default=1, help="alternate ours / hf this many times; best counts")
     ap.add_argument("--quick", action="store_true", help="8 prompts x 4 samples, 64 new tokens")
     ap.add_argument("--json", help="also write the results here")

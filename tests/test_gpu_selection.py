@@ -414,3 +414,31 @@ def test_fp8_train_step_then_bf16_generation_on_gpu():
         )
     assert len(rollouts) == 4 and all(len(r.response_ids) >= 1 for r in rollouts)
     assert getattr(qkv, "fp8", None) is False
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        ["model.position_embedding_type=learned_absolute", "model.normalization=LayerNorm"],  # the testbed's
+        ["model.position_embedding_type=rope", "model.normalization=NonParametricLayerNorm"],  # the paper's
+    ],
+)
+def test_bf16_model_is_bf16_throughout(monkeypatch, arch):
+    """train.precision=bf16 builds every weight in bf16 (megatron leaves e.g. learned position embeddings in
+    fp32 unless the model is cast; found on an H100, where LayerNorm then met fp32 activations). Built on the CPU
+    with CUDA reported present (bf16 is refused on a CPU) and run forward in bf16."""
+    from echo_megatron.distributed.init import destroy, initialize
+
+    monkeypatch.setattr(builder, "_te_available", lambda: False)
+    cfg = cfg_of("train.precision=bf16", "model.transformer_impl=local", *arch)
+    initialize(cfg)
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        model = builder.build_model(cfg, cfg.model.vocab_size)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        tokens = torch.randint(0, cfg.model.vocab_size, (2, 16))
+        pos = torch.arange(16).expand(2, 16)
+        loss = model(tokens, pos, None, labels=tokens)
+        assert torch.isfinite(loss.float()).all()
+    finally:
+        destroy()

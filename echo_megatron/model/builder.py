@@ -205,6 +205,10 @@ def build_model(
         rotary_base=cfg.model.rotary_base,
         vp_stage=vp_stage,
     )
+    if tc.params_dtype != torch.float32:
+        # Some modules ignore params_dtype (learned position embeddings are a plain torch Embedding): cast the
+        # whole model, as megatron's Float16Module does, so no fp32 weight meets bf16 activations.
+        model.to(dtype=tc.params_dtype)
     if (
         tc.echo_transformer_impl == "transformer_engine"
         and cfg.model.normalization == "NonParametricLayerNorm"
