@@ -34,7 +34,7 @@ from echo_megatron.training.setup import (
     build_optimizer,
     build_scheduler,
 )
-from echo_megatron.training.step import train_step
+from echo_megatron.training.step import to_device, train_step
 
 
 def check_rl_layout(cfg: DictConfig) -> None:
@@ -235,8 +235,11 @@ class RLTrainer:
         answers = [self.prompts[i].answer for i in prompt_idx for _ in range(c.n)]
         results = self.scorer(texts, answers)
         t2 = time.perf_counter()
-        scores = torch.tensor([r["reward"] for r in results], dtype=torch.float32)
+        scores = torch.tensor([r["reward"] for r in results], dtype=torch.float32, device=self.device)
         exp = pad_width(build_experience(rollouts, self.tok.pad), width_multiple(cfg), self.tok.pad)
+        exp = to_device(
+            exp, self.device
+        )  # log-probs, values and advantages are computed where the models are
         mbs = split_rows(exp, cfg.rl.micro_batch_size)
         temp = c.temperature
 

@@ -31,7 +31,8 @@ def gpt_forward(model, batch: dict) -> torch.Tensor:
     return model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device`` (other values as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -50,7 +51,7 @@ def forward_backward(
     device = next(model[0].parameters()).device
 
     def step_fn(data_iterator, chunk):
-        batch = _to_device(next(data_iterator), device)
+        batch = to_device(next(data_iterator), device)
         return forward_fn(chunk, batch), partial(loss_fn, batch)
 
     iters = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
