@@ -442,3 +442,36 @@ def test_select_for_sft_caps_per_question_and_handles_empty_rounds():
     kept, stats = select_for_sft([EISample("Q", "wrong", False)])
     assert kept == [] and stats.coverage == 0.0 and stats.metrics()["kept_share/other"] == 0.0
     assert select_for_sft([])[1].metrics()["accuracy"] == 0.0
+
+
+# -- device: every tensor an algorithm makes follows its inputs (on a GPU a CPU tensor is an error) --------------
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "reinforce_pp"])
+@pytest.mark.parametrize(
+    "loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
+)
+def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
+    """Advantages, policy loss and value loss over inputs on the ``meta`` device: a tensor made on the CPU
+    (``torch.tensor(n)`` without ``device=``) fails here as it does on a GPU, where GRPO's seq-mean loss
+    denominator once did."""
+    from echo_megatron.config import load_config
+    from echo_megatron.rl.algorithms import make_algorithm
+
+    cfg = load_config(
+        "recipes/demo/grpo_testbed.yaml",
+        [f"rl.algorithm={algorithm}", f"rl.loss_agg={loss_agg}", "rl.initial_policy_kl_penalty=0.05"],
+    )
+    algo = make_algorithm(cfg)
+    b, t, meta = 8, 12, torch.device("meta")
+    exp = {
+        "mask": torch.ones(b, t, device=meta),
+        "old_logp": torch.zeros(b, t, device=meta),
+        "ref_logp": torch.zeros(b, t, device=meta),
+        "old_values": torch.zeros(b, t, device=meta),
+    }
+    algo.advantages(exp, torch.zeros(b, device=meta), group_size=4)
+    logp = torch.zeros(b, t, device=meta)
+    num, den, report = algo.policy_loss(exp, logp, torch.zeros(b, t, device=meta))
+    outs = [exp["advantages"], num, den, *report.values()]
+    if algo.needs_critic:
+        outs += [exp["returns"], *algo.value_loss(exp, torch.zeros(b, t, device=meta))[:2]]
+    assert all(x.device == meta for x in outs), [x.device for x in outs]

@@ -211,18 +211,31 @@ def _restore_adam_steps(optimizer) -> None:
                     st["step"] = torch.tensor(float(group["step"]), dtype=st["step"].dtype)
 
 
-def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load_rng: bool = True) -> dict:
+def load_checkpoint(
+    path: str,
+    model: list,
+    optimizer=None,
+    scheduler=None,
+    load_rng: bool = True,
+    load_optimizer_state: bool = True,
+) -> dict:
     """Load into ``model`` (and optimizer / scheduler / RNG when given); returns the common state.
 
-    Keys the checkpoint has but the caller does not ask for (e.g. optimizer state when loading weights
-    only) are fine; a tensor the caller needs that the checkpoint lacks is an error.
+    ``optimizer``: the model's optimizer. Its state is loaded when the checkpoint has one and
+    ``load_optimizer_state``; otherwise (new weights under a fresh optimizer: an RL policy from its base,
+    ``checkpoint.load`` without the optimizer, a weights-only checkpoint) its main parameters are refreshed from
+    the loaded weights. That matters in bf16: megatron's mixed-precision optimizer keeps fp32 copies of the
+    weights it was built with and writes them back at its first step.
+    Keys the checkpoint has but the caller does not ask for are fine; a tensor the caller needs that the
+    checkpoint lacks is an error.
     """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     common = read_common_state(path)
-    if not common.get("has_optimizer", True):
-        optimizer = None  # a weights-only checkpoint (e.g. the initial weights of train.steps=0)
+    refresh = None
+    if optimizer is not None and not (load_optimizer_state and common.get("has_optimizer", True)):
+        optimizer, refresh = None, optimizer
     same_layout = common["layout"] == _layout()
     if optimizer is not None:
         _materialize_distributed_optimizer_state(optimizer)
@@ -237,6 +250,8 @@ def load_checkpoint(path: str, model: list, optimizer=None, scheduler=None, load
         with torch.no_grad():  # fp32 runs: the optimizer's main params are views of the model's leaves
             optimizer.load_state_dict(loaded["optimizer"])
         _restore_adam_steps(optimizer)
+    if refresh is not None:
+        refresh.reload_model_params()
     if scheduler is not None and common.get("scheduler") is not None:
         scheduler.load_state_dict(common["scheduler"])
     if load_rng and same_layout and loaded.get("rng") is not None:

@@ -72,7 +72,7 @@ class Algorithm:
     def denominator(self, mask: torch.Tensor) -> torch.Tensor:
         if self.rl.loss_agg == "token_mean":
             return mask.sum().to(torch.int)
-        return torch.tensor(mask.shape[0], dtype=torch.int)
+        return torch.tensor(mask.shape[0], dtype=torch.int, device=mask.device)
 
     def policy_loss(self, mb: dict, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
         """megatron per-token-loss triple: (numerator, denominator, {name: [sum, count]})."""

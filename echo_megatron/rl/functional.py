@@ -120,9 +120,9 @@ def group_sum_count(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample group sum S_g(i) = sum_{j in g(i), valid} x_j and count N_g(i), both ``[B]``."""
     weight = torch.ones_like(values) if valid is None else valid.to(values.dtype)
-    num_groups = int(index.max().item()) + 1 if index.numel() else 0
-    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device)
-    counts = torch.zeros(num_groups, dtype=values.dtype, device=values.device)
+    slots = values.numel()  # dense group indices are < B: no host sync to count the groups
+    sums = torch.zeros(slots, dtype=values.dtype, device=values.device)
+    counts = torch.zeros(slots, dtype=values.dtype, device=values.device)
     sums.index_add_(0, index, torch.where(weight > 0, values, torch.zeros_like(values)))
     counts.index_add_(0, index, weight)
     return sums[index], counts[index]

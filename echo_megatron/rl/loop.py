@@ -174,9 +174,10 @@ class RLTrainer:
             _say(self.rank, f"resumed RL from {ckpt} at step {step}")
             return step
         base = self._base()
-        load_checkpoint(base, self.policy, load_rng=False)
+        load_checkpoint(base, self.policy, self.optimizer, load_rng=False, load_optimizer_state=False)
         if self.critic is not None:  # the critic's body starts from the base (its value head is new)
-            load_checkpoint(base, [self.critic[0].module.body], load_rng=False)
+            body = [self.critic[0].module.body]
+            load_checkpoint(base, body, self.critic_opt, load_rng=False, load_optimizer_state=False)
         _say(self.rank, f"RL ({self.cfg.rl.algorithm}) from base {base}: {self.steps} steps")
         return 0
 

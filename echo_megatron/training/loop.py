@@ -98,7 +98,11 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     elif cfg.checkpoint.load:  # initialise weights (and optionally the optimizer) from another run
         path = find_checkpoint(cfg.checkpoint.load)
         load_checkpoint(
-            path, state.model, state.optimizer if cfg.checkpoint.load_optimizer else None, load_rng=False
+            path,
+            state.model,
+            state.optimizer,
+            load_rng=False,
+            load_optimizer_state=cfg.checkpoint.load_optimizer,
         )
         _say(rank, f"initialised from {path}")
 
