@@ -17,4 +17,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV"
 # pure-python: config (omegaconf, whose 2.4 line vendors its antlr parser) and the math-answer checker
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" -d .whl \
   "omegaconf==2.4.1rc1" "math-verify==0.9.0" "latex2sympy2_extended==1.11.0" "antlr4-python3-runtime==4.13.2"
+# HF datasets (local JSONL/parquet readers of `eval`, `preprocess` hub sources) and the two of its needs the GPU
+# image lacks (it has pyarrow, pandas, xxhash, fsspec, huggingface-hub); multiprocess is per-python.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYV" -d .whl \
+  "datasets==5.2.0" "dill==0.4.1" "multiprocess==0.70.19"
 ls -la .whl
