@@ -146,7 +146,11 @@ def write(results: list[dict], out: Path, quick: bool, gpu_summary: Path | None)
         if r["rc"]:
             summary = f"FAILED (exit {r['rc']})" + (f"<br>{summary}" if summary else "")
         md.append(f"| {r['name']} | `{r['cmd']}` | {r['target']} | {summary or '-'} | {r['seconds']:.0f} |")
-    md += ["", "GPU figures (H100, TransformerEngine FP8): `bash bench/gpu_smoke.sh`, see docs/gpu.md."]
+    md += [
+        "",
+        "GPU figures: `bash bench/gpu_smoke.sh` (measured on one H100 in bf16 on the local spec; FP8 needs "
+        "TransformerEngine), see docs/gpu.md.",
+    ]
     if gpu_summary and gpu_summary.is_file():
         md += ["", "## GPU smoke summary", "", gpu_summary.read_text().strip()]
     md += ["", "## Outputs"]
