@@ -35,7 +35,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 missing=$("$PY" - <<'EOF'
 import importlib.util
 need = {"megatron.core": "megatron-core", "omegaconf": "omegaconf", "math_verify": "math-verify",
-        "tokenizers": "tokenizers", "datasets": "datasets", "psutil": "psutil", "tqdm": "tqdm", "yaml": "pyyaml", "pytest": "pytest"}
+        "tokenizers": "tokenizers", "datasets": "datasets", "psutil": "psutil", "tqdm": "tqdm", "yaml": "pyyaml",
+        "pytest": "pytest"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod.split(".")[0]) is None
                or (mod == "megatron.core" and importlib.util.find_spec(mod) is None)))
 EOF
@@ -47,8 +48,8 @@ if [ -n "$missing" ]; then
       .whl/*.whl >>"$LOG" 2>&1 || { echo "gpu_smoke: installing .whl/ failed (see $LOG)" >&2; exit 4; }
     export PYTHONPATH="$PYTHONPATH:/tmp/echo-site"
   else
-    "$PY" -m pip install -q "megatron-core>=0.16.1,<0.17" "omegaconf>=2.4.0.dev0" math-verify tokenizers datasets psutil tqdm \
-      pyyaml pytest >>"$LOG" 2>&1 || { echo "gpu_smoke: pip install failed (see $LOG); offline? run bench/gpu_wheels.sh and carry .whl/" >&2; exit 4; }
+    "$PY" -m pip install -q "megatron-core>=0.16.1,<0.17" "omegaconf>=2.4.0.dev0" math-verify tokenizers datasets \
+      psutil tqdm pyyaml pytest >>"$LOG" 2>&1 || { echo "gpu_smoke: pip install failed (see $LOG); offline? run bench/gpu_wheels.sh and carry .whl/" >&2; exit 4; }
   fi
 fi
 "$PY" -c 'import megatron.core, omegaconf, echo_megatron' 2>>"$LOG" || {

@@ -243,10 +243,13 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         _, dt, _ = timed(weight_sync, device)
         row["weight_sync_s"] = dt
         print(f"  weight sync into the HF copy: {dt * 1e3:.0f} ms", flush=True)
-    for fn in paths.values():
-        # warm-up. On a GPU at the measured shapes: the first call at a batch size pays for CUDA kernel and
-        # cuBLAS heuristic selection (seconds for a 25M model on an H100, more than the timed run itself).
-        fn(prompts, args.samples, new) if device.type == "cuda" else fn(prompts[:2], 2, 4)
+    for fn in paths.values():  # warm-up
+        if device.type == "cuda":
+            # at the measured shapes: the first call at a batch size pays for CUDA kernel and cuBLAS heuristic
+            # selection (seconds for a 25M model on an H100, more than the timed run itself)
+            fn(prompts, args.samples, new)
+        else:
+            fn(prompts[:2], 2, 4)
     for rep in range(args.repeats):
         for name_, fn in paths.items():
             made, dt, mem = timed(lambda fn=fn: fn(prompts, args.samples, new), device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from echo_megatron.checkpoint import load_checkpoint, save_checkpoint
+from echo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.config import load_config
 from echo_megatron.distributed.init import destroy, initialize
 from echo_megatron.model import builder
@@ -39,12 +39,10 @@ def test_loading_weights_refreshes_the_bf16_optimizer_copies(tmp_path, monkeypat
         save_checkpoint(str(tmp_path), 1, base.model, None, None, {})
         torch.manual_seed(1)  # another initialisation: the weights the optimizer is built with
         st = _bf16_state(cfg, monkeypatch)
-        model_params = [p for p in st.model[0].parameters()]
+        model_params = list(st.model[0].parameters())
         mains = _main_params(st.optimizer)
         assert len(mains) == len(model_params) and mains[0].dtype == torch.float32
         assert any(not torch.equal(a, b) for a, b in zip(model_params, base.model[0].parameters()))
-
-        from echo_megatron.checkpoint import latest_checkpoint
 
         load_checkpoint(
             latest_checkpoint(str(tmp_path)),

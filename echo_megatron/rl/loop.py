@@ -238,9 +238,8 @@ class RLTrainer:
         t2 = time.perf_counter()
         scores = torch.tensor([r["reward"] for r in results], dtype=torch.float32, device=self.device)
         exp = pad_width(build_experience(rollouts, self.tok.pad), width_multiple(cfg), self.tok.pad)
-        exp = to_device(
-            exp, self.device
-        )  # log-probs, values and advantages are computed where the models are
+        # log-probs, values and advantages are computed where the models are
+        exp = to_device(exp, self.device)
         mbs = split_rows(exp, cfg.rl.micro_batch_size)
         temp = c.temperature
 
