@@ -218,7 +218,7 @@ def test_backend_from_config(model):
 
 @pytest.mark.parametrize("rot_dim", [16, 8])  # the whole head, and partial rotary (the rest passes through)
 def test_cached_rope_is_megatrons_unfused_rope(model, rot_dim):
-    """The cached forward's RoPE (cos / sin once per call) is megatron's unfused RoPE, to the bit."""
+    """The cached forward's RoPE (cos / sin from tables) is megatron's unfused RoPE, to the bit."""
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
     from echo_megatron.rollout.kv_cache import CachedForward
@@ -226,5 +226,5 @@ def test_cached_rope_is_megatrons_unfused_rope(model, rot_dim):
     g = torch.Generator().manual_seed(0)
     t = torch.randn(3, 2, 4, 16, generator=g)  # [s, b, heads, d]
     freqs = torch.randn(3, 2, 1, rot_dim, generator=g) * 3
-    rope = CachedForward(model)._rope_factors(freqs)
-    assert torch.equal(rope(t), _apply_rotary_pos_emb_bshd(t, freqs))
+    got = CachedForward(model)._rotate(t, freqs.cos(), freqs.sin())
+    assert torch.equal(got, _apply_rotary_pos_emb_bshd(t, freqs))

@@ -4,7 +4,7 @@ Why not megatron's ``StaticInferenceContext``? It works on CPU, but its static p
 RoPE and re-rotates the whole cache in every layer at every step, then attends with ``baddbmm`` + softmax +
 ``bmm``; on CPU that made decoding several times slower than HF ``generate`` (numbers in docs/rollout.md).
 Here every layer of the model runs exactly its training modules (embedding, norms, fused QKV projection,
-megatron's RoPE formula with cos and sin computed once per step for all layers, output projection, MLP, final
+megatron's RoPE formula with cos and sin tabled once per batch for all layers, output projection, MLP, final
 norm, output layer with megatron's TP logits gather); only the attention core is different: keys are rotated
 once, written into a buffer allocated once per batch, and attended with
 ``torch.nn.functional.scaled_dot_product_attention`` (flash kernels on CPU and GPU).
@@ -97,7 +97,10 @@ class CachedForward:
     """Runs ``model`` (a megatron ``GPTModel``, eval mode, no grad) over new tokens with a ``KVCache``."""
 
     def __init__(self, model) -> None:
+        from megatron.core.models.common.embeddings.rope_utils import _rotate_half
+
         check_supported(model)
+        self._rotate_half = _rotate_half
         self.model = model
         c = model.config
         attn = model.decoder.layers[0].self_attention
@@ -106,14 +109,16 @@ class CachedForward:
         self.head_dim = attn.hidden_size_per_attention_head
         self.scale = c.softmax_scale if c.softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.num_layers = len(model.decoder.layers)
-        self._rope: torch.Tensor | None = None  # [max_len, rot_dim] angles
+        self._cos: torch.Tensor | None = None  # RoPE's cos / sin per position, [max_len, rot_dim]
+        self._sin: torch.Tensor | None = None
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = next(self.model.parameters())
         if self.model.position_embedding_type == "rope":
             # get_emb: not the lru-cached forward, so no tensor made here outlives generation in the model.
-            emb = self.model.rotary_pos_emb.get_emb(max_len)
-            self._rope = emb[:, 0, 0, :].to(p.device)
+            # cos and sin once per cache, in the weights' dtype, as megatron's unfused RoPE computes them
+            emb = self.model.rotary_pos_emb.get_emb(max_len)[:, 0, 0, :].to(p.device)
+            self._cos, self._sin = emb.cos().to(p.dtype), emb.sin().to(p.dtype)
         return KVCache(self.num_layers, batch, self.groups, max_len, self.head_dim, p.dtype, p.device)
 
     def __call__(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -132,9 +137,9 @@ class CachedForward:
         cache.padded = cache.padded or not bool(is_real.all())
         positions = positions.clamp(min=0)
         mask, causal = self._mask(cache, t0, t1)
-        rope = None
-        if self._rope is not None:
-            rope = self._rope_factors(self._rope[positions.t()].unsqueeze(2))  # [s, b, 1, rot_dim] angles
+        if self._cos is not None:
+            cos = self._cos[positions.t()].unsqueeze(2)  # [s, b, 1, rot_dim]
+            sin = self._sin[positions.t()].unsqueeze(2)
 
         x = m.embedding(input_ids=tokens, position_ids=positions)  # [s, b, h]
         for i, layer in enumerate(m.decoder.layers):
@@ -142,8 +147,8 @@ class CachedForward:
             residual = x
             h = layer.input_layernorm(x)
             q, k, v = attn.get_query_key_value_tensors(h, None)  # [s, b, heads|groups, d]
-            if rope is not None:
-                q, k = rope(q), rope(k)
+            if self._cos is not None:
+                q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             cache.k[i][:, :, t0:t1] = k.permute(1, 2, 0, 3)
             cache.v[i][:, :, t0:t1] = v.permute(1, 2, 0, 3)
             ctx = F.scaled_dot_product_attention(
@@ -167,30 +172,15 @@ class CachedForward:
         logits, _ = m.output_layer(x, weight=weight, runtime_gather_output=True)
         return logits[0]
 
-    def _rope_factors(self, freqs: torch.Tensor):
-        """RoPE for this call's positions, as a function of q or k ``[s, b, heads, d]``.
-
-        megatron's unfused RoPE (``rope_utils._apply_rotary_pos_emb_bshd``: t cos + rotate_half(t) sin on the
-        first ``rot_dim`` features, the rest passed through), with cos and sin computed once per call instead of
-        once per layer and tensor: the same numbers, 2 x 2 x layers fewer operators a decoding step. Layouts it
-        does not cover (interleaved, multi-latent) use megatron's function itself.
-        """
-        c = self.model.config
-        if c.rotary_interleaved or c.multi_latent_attention:
-            from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
-
-            return lambda t: apply_rotary_pos_emb(t, freqs, config=c)
-        dtype = next(self.model.parameters()).dtype
-        cos, sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
-        rot = freqs.shape[-1]
-
-        def apply(t: torch.Tensor) -> torch.Tensor:
-            x, rest = t[..., :rot], t[..., rot:]
-            x1, x2 = x.chunk(2, dim=-1)
-            out = x * cos + torch.cat((-x2, x1), dim=-1) * sin
-            return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
-
-        return apply
+    def _rotate(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """megatron's unfused RoPE (``rope_utils._apply_rotary_pos_emb_bshd``) on q or k ``[s, b, heads, d]``:
+        t cos + rotate_half(t) sin on the first ``rot_dim`` features, the rest passed through. The cos / sin come
+        from the cache's tables (once per batch) instead of being recomputed in every layer for q and k: the same
+        numbers, 4 operators a layer fewer per decoding step."""
+        rot = cos.shape[-1]
+        x, rest = t[..., :rot], t[..., rot:]
+        out = x * cos + self._rotate_half(x, self.model.config.rotary_interleaved) * sin
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
     @staticmethod
     def _mask(cache: KVCache, t0: int, t1: int) -> tuple[torch.Tensor | None, bool]:
