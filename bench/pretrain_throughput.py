@@ -5,24 +5,28 @@ the achieved model FLOP/s vs this CPU's measured fp32 matmul peak.
     python bench/pretrain_throughput.py --model small      # d256, 4 layers: where fixed overheads show most
     python bench/pretrain_throughput.py --quick            # fewer steps and trials (a smoke run)
     python bench/pretrain_throughput.py --core-attention megatron   # megatron's DotProductAttention instead of SDPA
+    python bench/pretrain_throughput.py --cpu-gemm torch   # our linears' GEMMs through torch.matmul, as the ref's
 
 Both sides train the same architecture (non-parametric LN, RoPE, SwiGLU, no biases, untied output layer) on
 the same random batches, in the same process, with the same thread count:
 
 * ours:  ``echo_megatron.training.setup.build_train_state`` + ``training.step.train_step`` (megatron GPTModel,
          local spec with SDPA core attention and the SwiGLU MLP of ``model/``, the CPU versions of megatron's
-         fused RoPE and weight-gradient accumulation (``distributed/cpu_shims.py``), megatron DDP grad buffers,
+         fused RoPE and weight-gradient accumulation and the linears' GEMMs through oneDNN
+         (``distributed/cpu_shims.py``, ``model.cpu_gemm``), megatron DDP grad buffers,
          megatron optimizer = torch's fused AdamW on CPU, grad clipping, LR schedule, per-token loss
          reporting): exactly what ``echo-megatron pretrain`` runs per step;
 * ref:   ``bench/reference_decoder.py`` with ``torch.optim.AdamW`` (torch's default, per-tensor on CPU) and
-         ``clip_grad_norm_`` (SDPA attention, RoPE as x cos + rotate_half(x) sin).
+         ``clip_grad_norm_`` (SDPA attention, RoPE as x cos + rotate_half(x) sin, ``nn.Linear``: torch's BLAS,
+         MKL in the x86 wheels).
 
 Before timing, the reference loads the megatron model's weights and both losses are compared (same math).
 Timing interleaves single steps: ``--pairs`` pairs of one ours step and one ref step (the order alternating),
 after ``--warmup`` steps of each. This machine's speed drifts by 10% over seconds (the matmul peak measured a
 few seconds apart does), so the ratio is the median over pairs of t_ref / t_ours of adjacent steps, with its
-interquartile range; tokens/s are the median step of each side. The matmul peak (1024^3 fp32, the method of
-``training.flops.measure_matmul_peak``) is measured every 4 pairs and the highest counts. Every figure is also
+interquartile range; tokens/s are the median step of each side. The matmul peak (1024^3 fp32, the faster of
+torch's BLAS and oneDNN, the method of ``training.flops.measure_matmul_peak``) is measured every 4 pairs and the
+highest counts. Every figure is also
 given per CPU-second of this process (``time.process_time``).
 
 Model FLOPs per token = 6 N + 6 L s d (``training.flops.flops_per_token``) with N the parameters that
@@ -54,7 +58,9 @@ MODELS = {
 LR, BETAS, EPS, WD, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 
-def megatron_config(model: str, seq: int, batch: int, threads: int, core_attention: str = "sdpa"):
+def megatron_config(
+    model: str, seq: int, batch: int, threads: int, core_attention: str = "sdpa", cpu_gemm: str = "auto"
+):
     from echo_megatron.config import load_config
 
     h, layers, heads, ffn, vocab = MODELS[model]
@@ -69,6 +75,7 @@ def megatron_config(model: str, seq: int, batch: int, threads: int, core_attenti
             f"model.seq_length={seq}",
             "model.normalization=NonParametricLayerNorm",
             f"model.core_attention={core_attention}",
+            f"model.cpu_gemm={cpu_gemm}",
             "model.activation=swiglu",
             "model.position_embedding_type=rope",
             "model.untie_embeddings_and_output_weights=true",
@@ -173,29 +180,39 @@ def quantiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def matmul_peak(seconds: float = 1.0, n: int = 1024) -> tuple[float, float]:
-    """(FLOP per wall second, FLOP per CPU second) of square fp32 matmuls with this thread count.
+    """(FLOP per wall second, FLOP per CPU second) of square fp32 matmuls with this thread count: the faster of
+    torch's GEMM kernels (``training.flops.matmul_kernels``: BLAS ``a @ b`` and oneDNN), each timed for half
+    of ``seconds``.
 
     The method of ``training.flops.measure_matmul_peak`` (which reports the first figure), plus the CPU time:
     on a shared machine the wall-clock rate follows the load, the rate per CPU-second much less.
     """
+    from echo_megatron.training.flops import matmul_kernels
+
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    iters, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        iters += 1
-    flops = 2.0 * n**3 * iters
-    return flops / (time.perf_counter() - t0), flops / (time.process_time() - c0)
+    kernels = matmul_kernels()
+    best_wall = best_cpu = 0.0
+    for mm in kernels.values():
+        for _ in range(3):
+            mm(a, b)
+        iters, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds / len(kernels):
+            mm(a, b)
+            iters += 1
+        flops = 2.0 * n**3 * iters
+        best_wall = max(best_wall, flops / (time.perf_counter() - t0))
+        best_cpu = max(best_cpu, flops / max(time.process_time() - c0, 1e-9))
+    return best_wall, best_cpu
 
 
 def run(args: argparse.Namespace) -> dict:
     from reference_decoder import copy_from_megatron
 
+    from echo_megatron.distributed import cpu_shims
     from echo_megatron.training.flops import flops_per_token
 
     torch.set_num_threads(args.threads)
-    cfg = megatron_config(args.model, args.seq, args.batch, args.threads, args.core_attention)
+    cfg = megatron_config(args.model, args.seq, args.batch, args.threads, args.core_attention, args.cpu_gemm)
     ours = Ours(cfg)
     ref = Ref(args.model, args.seq)
     vocab = cfg.model.vocab_size
@@ -209,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
     print(
         f"model {args.model}: {total / 1e6:.1f}M parameters ({n / 1e6:.1f}M multiplying), seq {args.seq}, "
         f"batch {args.batch} ({tokens} tokens/step), vocab {vocab}, {args.threads} threads, "
-        f"core attention {args.core_attention}, "
+        f"core attention {args.core_attention}, our GEMMs {cpu_shims.cpu_gemm_installed()}, "
         f"{fpt / 1e6:.1f} MFLOP/token",
         flush=True,
     )
@@ -250,6 +267,7 @@ def run(args: argparse.Namespace) -> dict:
     res = {
         "model": args.model,
         "core_attention": args.core_attention,
+        "cpu_gemm": cpu_shims.cpu_gemm_installed(),
         "params": total,
         "matmul_params": n,
         "seq": args.seq,
@@ -300,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         default="sdpa",
         choices=["sdpa", "megatron"],
         help="model.core_attention of our side (sdpa, the default, or megatron's DotProductAttention)",
+    )
+    ap.add_argument(
+        "--cpu-gemm",
+        default="auto",
+        choices=["auto", "onednn", "torch"],
+        help="model.cpu_gemm of our side: the linears' GEMMs through oneDNN (auto's choice where torch has it) "
+        "or torch.matmul's BLAS, the reference's kernel",
     )
     args = ap.parse_args(argv)
     if args.quick:

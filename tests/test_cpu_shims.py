@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from echo_megatron.distributed import cpu_shims
@@ -98,3 +99,63 @@ def test_fusions_are_on_for_trained_cpu_models_only():
     tokens = torch.randint(0, 128, (2, 16))
     model(tokens, torch.arange(16).expand(2, 16), None, labels=tokens).sum().backward()
     assert model.decoder.layers[0].mlp.linear_fc1.weight.grad is not None
+
+
+def test_onednn_matmul_mode_equals_torch_matmul_and_is_not_an_autograd_view():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 8, generator=g)
+    x2 = torch.randn(5, 8, generator=g)
+    x3 = torch.randn(4, 3, 8, generator=g).transpose(0, 1)  # non-contiguous rows, as [s, b, h] slices give
+    grad = torch.randn(4, 3, 6, generator=g)
+    with torch.no_grad(), cpu_shims.OneDnnMatmulMode():
+        with torch.profiler.profile() as prof:
+            fwd2, fwd3 = torch.matmul(x2, w.t()), torch.matmul(x3, w.t())  # megatron's forward GEMM
+            dgrad = grad.matmul(w)  # megatron's input-gradient GEMM (Tensor.matmul)
+        assert not fwd3._is_view() and fwd3.shape == (3, 4, 6)
+    assert any(e.name == "mkldnn::_linear_pointwise" for e in prof.events())  # oneDNN computed them
+    torch.testing.assert_close(fwd2, x2 @ w.t())
+    torch.testing.assert_close(fwd3, x3 @ w.t())
+    torch.testing.assert_close(dgrad, grad @ w)
+    # outside its scope (grad mode on: the oneDNN op has no derivative; other dtypes) torch.matmul runs
+    a = torch.randn(5, 8, requires_grad=True)
+    with cpu_shims.OneDnnMatmulMode():
+        out = torch.matmul(a, w.t())
+        half = torch.matmul(x2.double(), w.double().t())
+    assert out.grad_fn is not None and half.dtype == torch.float64
+
+
+def test_cpu_gemm_routes_megatron_linears_and_keeps_their_gradients():
+    from megatron.core.tensor_parallel import layers
+
+    from echo_megatron.config import ConfigError, load_config
+    from echo_megatron.distributed.init import initialize
+    from echo_megatron.model.builder import build_model
+
+    cfg = load_config(None, ["model.num_layers=2", "model.vocab_size=128", "parallel.device=cpu"])
+    initialize(cfg)
+    try:
+        results = {}
+        for kind in ("torch", "onednn"):
+            assert cpu_shims.set_cpu_gemm(kind) == kind and cpu_shims.cpu_gemm_installed() == kind
+            torch.manual_seed(0)
+            model = build_model(cfg, 128)
+            tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+            with torch.profiler.profile() as prof:
+                loss = model(tokens, torch.arange(16).expand(2, 16), None, labels=tokens).mean()
+                loss.backward()
+            kernels = {e.name for e in prof.events()}
+            assert ("mkldnn::_linear_pointwise" in kernels) == (kind == "onednn")
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results[kind] = (loss.detach(), grads)
+            frozen = layers.LinearWithFrozenWeight  # the reference policy's linears follow the same switch
+            assert frozen.__name__ == (
+                "OneDnnLinearWithFrozenWeight" if kind == "onednn" else "LinearWithFrozenWeight"
+            )
+        torch.testing.assert_close(results["onednn"][0], results["torch"][0], rtol=1e-5, atol=1e-6)
+        assert results["onednn"][1].keys() == results["torch"][1].keys() and len(results["torch"][1]) >= 6
+        for name, g in results["torch"][1].items():
+            torch.testing.assert_close(results["onednn"][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+        with pytest.raises(ConfigError, match=r"model.cpu_gemm: unknown value 'blas'"):
+            cpu_shims.set_cpu_gemm("blas")
+    finally:
+        cpu_shims.set_cpu_gemm("auto")

@@ -29,6 +29,9 @@ class ModelConfig:
     init_method_std: float = 0.02
     transformer_impl: str = "local"  # local | transformer_engine | auto
     core_attention: str = "sdpa"  # local spec: sdpa (torch's kernel) | megatron (DotProductAttention)
+    cpu_gemm: str = (
+        "auto"  # CPU runs: linears' GEMMs via onednn | torch (torch.matmul's BLAS) | auto (onednn if built)
+    )
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     recompute: bool = False  # full-layer activation recompute (saves memory, costs ~33% compute)

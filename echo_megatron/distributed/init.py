@@ -97,7 +97,7 @@ def initialize(cfg: DictConfig) -> tuple[DistEnv, torch.device]:
     if env.world_size % (tp * pp):
         raise ValueError(f"world size {env.world_size} is not divisible by tp*pp = {tp}*{pp}")
     if device.type == "cpu":
-        cpu_shims.enable_cpu_shims()
+        cpu_shims.enable_cpu_shims(cfg.model.cpu_gemm)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
     else:
