@@ -30,7 +30,7 @@ class ModelConfig:
     transformer_impl: str = "local"  # local | transformer_engine | auto
     core_attention: str = "sdpa"  # local spec: sdpa (torch's kernel) | megatron (DotProductAttention)
     cpu_gemm: str = (
-        "auto"  # CPU runs: linears' GEMMs via onednn | torch (torch.matmul's BLAS) | auto (onednn if built)
+        "auto"  # CPU runs, linears' GEMMs: onednn | torch (torch.matmul's BLAS) | auto (onednn if built)
     )
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0

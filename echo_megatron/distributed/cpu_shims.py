@@ -45,6 +45,7 @@ Shims 5 and 6 are what the model builder keys its fusion flags on (``wgrad_fusio
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -283,7 +284,16 @@ def _under_onednn(base: type) -> type:
     return OneDnn
 
 
-_LINEAR_FUNCTIONS: dict[str, dict[str, type]] = {}  # {"torch": megatron's originals, "onednn": shim 7's}
+_LINEAR_NAMES = ("LinearWithGradAccumulationAndAsyncCommunication", "LinearWithFrozenWeight")
+
+
+@functools.cache
+def _linear_functions() -> dict[str, dict[str, type]]:
+    """``{"torch": megatron's linear autograd functions, "onednn": shim 7's subclasses of them}``."""
+    from megatron.core.tensor_parallel import layers
+
+    originals = {n: getattr(layers, n) for n in _LINEAR_NAMES}
+    return {"torch": originals, "onednn": {n: _under_onednn(f) for n, f in originals.items()}}
 
 
 def set_cpu_gemm(kind: str) -> str:
@@ -291,14 +301,10 @@ def set_cpu_gemm(kind: str) -> str:
     ``auto`` (oneDNN where this torch build has it). Returns the kind in force."""
     from megatron.core.tensor_parallel import layers
 
-    names = ("LinearWithGradAccumulationAndAsyncCommunication", "LinearWithFrozenWeight")
-    if not _LINEAR_FUNCTIONS:
-        originals = {n: getattr(layers, n) for n in names}
-        _LINEAR_FUNCTIONS["torch"] = originals
-        _LINEAR_FUNCTIONS["onednn"] = {n: _under_onednn(f) for n, f in originals.items()}
+    functions = _linear_functions()
     if kind == "auto":
         kind = "onednn" if onednn_available() else "torch"
-    if kind not in _LINEAR_FUNCTIONS:
+    if kind not in functions:
         from echo_megatron.config import ConfigError
 
         raise ConfigError(f"model.cpu_gemm: unknown value '{kind}' (auto | onednn | torch)")
@@ -306,7 +312,7 @@ def set_cpu_gemm(kind: str) -> str:
         from echo_megatron.config import ConfigError
 
         raise ConfigError("model.cpu_gemm=onednn: this torch build has no oneDNN (use auto or torch)")
-    for n, f in _LINEAR_FUNCTIONS[kind].items():
+    for n, f in functions[kind].items():
         setattr(layers, n, f)
     return kind
 
@@ -315,8 +321,8 @@ def cpu_gemm_installed() -> str:
     """``onednn`` or ``torch``: which GEMMs megatron's linears use now."""
     from megatron.core.tensor_parallel import layers
 
-    onednn = _LINEAR_FUNCTIONS.get("onednn", {}).get("LinearWithFrozenWeight")
-    return "onednn" if onednn is not None and layers.LinearWithFrozenWeight is onednn else "torch"
+    onednn = _linear_functions()["onednn"]["LinearWithFrozenWeight"]
+    return "onednn" if layers.LinearWithFrozenWeight is onednn else "torch"
 
 
 def enable_cpu_shims(gemm: str = "auto") -> None:
