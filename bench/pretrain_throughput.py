@@ -25,9 +25,9 @@ Timing interleaves single steps: ``--pairs`` pairs of one ours step and one ref 
 after ``--warmup`` steps of each. This machine's speed drifts by 10% over seconds (the matmul peak measured a
 few seconds apart does), so the ratio is the median over pairs of t_ref / t_ours of adjacent steps, with its
 interquartile range; tokens/s are the median step of each side. The matmul peak (1024^3 fp32, the faster of
-torch's BLAS and oneDNN, the method of ``training.flops.measure_matmul_peak``) is measured every 4 pairs and the
-highest counts. Every figure is also
-given per CPU-second of this process (``time.process_time``).
+torch's BLAS and oneDNN: ``training.flops.measure_matmul_rates``, which the training loop's MFU also uses) is
+measured every 4 pairs and the highest counts. Every figure is also given per CPU-second of this process
+(``time.process_time``).
 
 Model FLOPs per token = 6 N + 6 L s d (``training.flops.flops_per_token``) with N the parameters that
 multiply (all but the input embedding, a lookup). The vocabulary stays small (1024): at a 32k vocab the
@@ -179,37 +179,11 @@ def quantiles(xs: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
-def matmul_peak(seconds: float = 1.0, n: int = 1024) -> tuple[float, float]:
-    """(FLOP per wall second, FLOP per CPU second) of square fp32 matmuls with this thread count: the faster of
-    torch's GEMM kernels (``training.flops.matmul_kernels``: BLAS ``a @ b`` and oneDNN), each timed for half
-    of ``seconds``.
-
-    The method of ``training.flops.measure_matmul_peak`` (which reports the first figure), plus the CPU time:
-    on a shared machine the wall-clock rate follows the load, the rate per CPU-second much less.
-    """
-    from echo_megatron.training.flops import matmul_kernels
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    kernels = matmul_kernels()
-    best_wall = best_cpu = 0.0
-    for mm in kernels.values():
-        for _ in range(3):
-            mm(a, b)
-        iters, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - t0 < seconds / len(kernels):
-            mm(a, b)
-            iters += 1
-        flops = 2.0 * n**3 * iters
-        best_wall = max(best_wall, flops / (time.perf_counter() - t0))
-        best_cpu = max(best_cpu, flops / max(time.process_time() - c0, 1e-9))
-    return best_wall, best_cpu
-
-
 def run(args: argparse.Namespace) -> dict:
     from reference_decoder import copy_from_megatron
 
     from echo_megatron.distributed import cpu_shims
-    from echo_megatron.training.flops import flops_per_token
+    from echo_megatron.training.flops import flops_per_token, measure_matmul_rates
 
     torch.set_num_threads(args.threads)
     cfg = megatron_config(args.model, args.seq, args.batch, args.threads, args.core_attention, args.cpu_gemm)
@@ -246,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
     peaks_wall, peaks_cpu = [], []
     for pair in range(args.pairs):
         if pair % 4 == 0:
-            pw, pc = matmul_peak(0.5)
+            pw, pc = measure_matmul_rates(seconds=0.5)
             peaks_wall.append(pw)
             peaks_cpu.append(pc)
         batch = batches[args.warmup + pair % 2]

@@ -234,6 +234,11 @@ def rope_fusion_installed() -> bool:
     return getattr(rope_utils, "fused_apply_rotary_pos_emb", None) is cpu_fused_rope
 
 
+def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w^T`` for 2-D ``x`` through oneDNN's fp32 matmul (shim 7's kernel; no autograd)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
 class OneDnnMatmulMode(TorchFunctionMode):
     """``torch.matmul(a, b)`` / ``a.matmul(b)`` on fp32 CPU tensors with a 2-D ``b`` computed by oneDNN (shim 7).
 
@@ -251,9 +256,7 @@ class OneDnnMatmulMode(TorchFunctionMode):
                 and not torch.is_grad_enabled()
             ):
                 # a @ b on the rows of a; the result is reshaped as torch.matmul does (not an autograd view)
-                out = torch.ops.mkldnn._linear_pointwise(
-                    a.reshape(-1, a.shape[-1]), b.t(), None, "none", [], ""
-                )
+                out = onednn_linear(a.reshape(-1, a.shape[-1]), b.t())
                 return torch.ops.aten._unsafe_view(out, (*a.shape[:-1], b.shape[1]))
         return func(*args, **(kwargs or {}))
 
@@ -301,16 +304,14 @@ def set_cpu_gemm(kind: str) -> str:
     ``auto`` (oneDNN where this torch build has it). Returns the kind in force."""
     from megatron.core.tensor_parallel import layers
 
+    from echo_megatron.config import ConfigError
+
     functions = _linear_functions()
     if kind == "auto":
         kind = "onednn" if onednn_available() else "torch"
     if kind not in functions:
-        from echo_megatron.config import ConfigError
-
         raise ConfigError(f"model.cpu_gemm: unknown value '{kind}' (auto | onednn | torch)")
     if kind == "onednn" and not onednn_available():
-        from echo_megatron.config import ConfigError
-
         raise ConfigError("model.cpu_gemm=onednn: this torch build has no oneDNN (use auto or torch)")
     for n, f in functions[kind].items():
         setattr(layers, n, f)

@@ -20,29 +20,40 @@ def flops_per_token(cfg: DictConfig, num_params: int) -> float:
 def matmul_kernels() -> dict:
     """torch's fp32 CPU GEMMs: ``torch`` (``a @ b``: MKL / OpenBLAS) and, where built, ``onednn`` (the kernel of
     ``model.cpu_gemm=onednn``, ``a @ b^T``: the same FLOPs)."""
-    from echo_megatron.distributed.cpu_shims import onednn_available
+    from echo_megatron.distributed.cpu_shims import onednn_available, onednn_linear
 
     kernels = {"torch": torch.matmul}
     if onednn_available():
-        kernels["onednn"] = lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        kernels["onednn"] = onednn_linear
     return kernels
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
-    """This machine's achieved square-matmul FLOP/s with the current thread count (the CPU 'peak'): the faster
-    of torch's GEMM kernels (:func:`matmul_kernels`), each timed for ``seconds / len(kernels)``."""
+def measure_matmul_rates(
+    dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5
+) -> tuple[float, float]:
+    """(FLOP per wall second, FLOP per CPU second of this process) of square ``n`` matmuls with the current thread
+    count: the faster of torch's GEMM kernels (:func:`matmul_kernels`), each timed for ``seconds / len(kernels)``.
+    On a shared machine the wall-clock rate follows the load, the rate per CPU-second much less."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     kernels = matmul_kernels()
-    best = 0.0
+    best_wall = best_cpu = 0.0
     for mm in kernels.values():
         for _ in range(2):
             mm(a, b)
-        iters, t0 = 0, time.perf_counter()
+        iters, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds / len(kernels):
             mm(a, b)
             iters += 1
-        best = max(best, 2.0 * n**3 * iters / (time.perf_counter() - t0))
-    return best
+        flops = 2.0 * n**3 * iters
+        best_wall = max(best_wall, flops / (time.perf_counter() - t0))
+        best_cpu = max(best_cpu, flops / max(time.process_time() - c0, 1e-9))
+    return best_wall, best_cpu
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
+    """This machine's achieved square-matmul FLOP/s with the current thread count (the CPU 'peak'): the wall-clock
+    rate of :func:`measure_matmul_rates`."""
+    return measure_matmul_rates(dtype, n, seconds)[0]
 
 
 def peak_flops(device: torch.device) -> float:
