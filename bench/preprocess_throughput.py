@@ -19,18 +19,37 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ECHO_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLES = REPO / "tests" / "data" / "sft_samples"  # real samples shipped with the tests (gzip JSONL)
+
+
+def sample_lines(name: str) -> list[str]:
+    """The lines of ``tests/data/sft_samples/<name>.jsonl.gz``."""
+    import gzip
+
+    with gzip.open(SAMPLES / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def unpacked_tokenizer(tmp: Path) -> Path:
+    """The OLMo-1 tokenizer shipped (gzip) in tests/data, unpacked into ``tmp``."""
+    import gzip
+
+    src = REPO / "tests" / "data" / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json.gz"
+    dst = tmp / "olmo_tokenizer.json"
+    with gzip.open(src, "rb") as fin:
+        dst.write_bytes(fin.read())
+    return dst
 
 
 def corpus(tmp: Path, repeat: int) -> Path:
-    """The two shared samples as one testbed-schema JSONL, repeated ``repeat`` times."""
+    """The two real samples as one testbed-schema JSONL, repeated ``repeat`` times."""
     import json
 
     rows = []
-    for line in (SHARED / "sft_samples" / "openmathinstruct2_sample1000.jsonl").read_text().splitlines():
+    for line in sample_lines("openmathinstruct2_sample1000"):
         r = json.loads(line)
         rows.append(json.dumps({"question": r["problem"], "solution": r["generated_solution"]}))
-    for line in (SHARED / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl").read_text().splitlines():
+    for line in sample_lines("tinygsm_style_gpt41_sample1000"):
         r = json.loads(line)
         rows.append(json.dumps({"question": r["user"], "solution": r["assistant"]}))
     path = tmp / "corpus.jsonl"
@@ -66,10 +85,10 @@ def main() -> None:
     )
     ap.add_argument("--chunk", type=int, default=256, help="documents per work item (data.chunk_docs)")
     ap.add_argument("--trials", type=int, default=2, help="alternating single/parallel trials (best of each)")
-    ap.add_argument("--input", type=Path, help="a JSONL source instead of the shared samples")
+    ap.add_argument("--input", type=Path, help="a JSONL source instead of the real samples")
     ap.add_argument("--type", default="testbed", help="its source type (registry entry)")
     ap.add_argument(
-        "--tokenizer", default=str(SHARED / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json")
+        "--tokenizer", help="a tokenizers JSON file (default: the OLMo-1 tokenizer in tests/data)"
     )
     args = ap.parse_args()
 
@@ -78,9 +97,10 @@ def main() -> None:
 
     from echo_megatron.data.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(SimpleNamespace(path=args.tokenizer, eod=None, pad=None))
     tmp = Path(tempfile.mkdtemp(prefix="echo_bench_"))
     try:
+        tok_path = args.tokenizer or str(unpacked_tokenizer(tmp))
+        tok = load_tokenizer(SimpleNamespace(path=tok_path, eod=None, pad=None))
         path = args.input or corpus(tmp, args.repeat)
         load0 = os.getloadavg()[0]
         best: dict[int, tuple[float, float, int]] = {}

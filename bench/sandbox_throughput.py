@@ -1,6 +1,6 @@
 """Sandbox throughput: programs/s of the pre-forked SandboxPool vs one fresh ``python`` subprocess per program.
 
-Both paths run the 1,000 shared TinyGSM-style solutions (fences removed, ``simple_math_problem()`` called) with
+Both paths run the 1,000 TinyGSM-style solutions (fences removed, ``simple_math_problem()`` called) with
 the same parallelism (``--workers``, default 2 = the CI machine's cores), in the same run:
 
     pool        ``score(completions, ..., "gsm8k", pool=pool)``: classification, extraction, every program in a
@@ -29,7 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ECHO_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLES = REPO / "tests" / "data" / "sft_samples"  # real samples shipped with the tests (gzip JSONL)
+
+
+def sample_lines(name: str) -> list[str]:
+    """The lines of ``tests/data/sft_samples/<name>.jsonl.gz``."""
+    import gzip
+
+    with gzip.open(SAMPLES / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 sys.path.insert(0, str(REPO))
 
 from echo_megatron.rewards import SandboxPool, score  # noqa: E402
@@ -37,8 +47,11 @@ from echo_megatron.rewards.extract import code_program  # noqa: E402
 
 
 def solutions() -> list[str]:
-    path = SHARED / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl"
-    return [json.loads(line)["assistant"] for line in path.read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)["assistant"]
+        for line in sample_lines("tinygsm_style_gpt41_sample1000")
+        if line.strip()
+    ]
 
 
 def _cpu_s(pids: list[int]) -> float:

@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from echo_megatron.config import ConfigError
+from echo_megatron.errors import UserError
 
 # command name -> (module under echo_megatron.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = mod.run(args)
     except ConfigError as e:
         print(f"echo-megatron {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"echo-megatron {args.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `echo-megatron sweep --dry-run | head`
         sys.stderr.close()

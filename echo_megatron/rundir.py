@@ -4,9 +4,11 @@ RUN_DIR/
   config.yaml                              the resolved config, as run
   metrics.jsonl                            one JSON object per logged step: {"step", "phase", ...named values}
   checkpoints/iter_NNNNNNN/ + latest        dist_checkpointing layout; ``latest`` written last
+  checkpoints/critic/iter_NNNNNNN/         PPO's critic
   samples/step_NNNNNNN.jsonl               generations with format, answer, reward
   eval/<task>.json + eval/<task>.generations.jsonl
   tb/                                      TensorBoard events
+  wandb_id                                 the W&B run id (a requeued job continues the same W&B run)
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ class RunDir:
     def tb(self) -> str:
         return os.path.join(self.root, "tb")
 
+    @property
+    def wandb_id(self) -> str:
+        return os.path.join(self.root, "wandb_id")
+
+    @property
+    def critic_checkpoints(self) -> str:
+        return os.path.join(self.checkpoints, "critic")
+
+    @property
+    def slurm(self) -> str:
+        return os.path.join(self.root, "slurm")
+
+    def slurm_file(self, name: str) -> str:
+        return os.path.join(self.slurm, name)
+
     def samples_file(self, step: int) -> str:
         return os.path.join(self.samples, f"step_{step:07d}.jsonl")
 
@@ -59,6 +76,28 @@ class RunDir:
         for d in (self.root, self.checkpoints, self.samples, self.eval):
             os.makedirs(d, exist_ok=True)
         return self
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def persistent_run_id(path: str) -> str:
+    """The id stored in ``path``, or a new 8-character one stored there first (W&B's id alphabet)."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    import secrets
+
+    run_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+    write_text_atomic(path, run_id + "\n")
+    return run_id
 
 
 def read_jsonl(path: str) -> Iterator[dict[str, Any]]:

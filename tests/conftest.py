@@ -1,21 +1,16 @@
-"""Shared fixtures: paths to the repo and to the shared offline data."""
+"""Fixtures: the repo root and the real sample data the tests read (``data_dir``: see ``echo_testing.data_root``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ECHO_SHARED_DATA", REPO.parent / "shared" / "data"))
+from echo_testing import REPO, data_root
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA} (set ECHO_SHARED_DATA)")
-    return SHARED_DATA
+def data_dir() -> Path:
+    return data_root()
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,59 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from echo_megatron.assets import asset
+
 REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+
+# The real sample data the tests read, as unpacked by data_root(): path in the tree -> shipped gzip file
+# (the eval sets installed with the package, and the fixtures in tests/data; sources in tests/data/README.md).
+DATA_FILES: dict[str, Path] = {
+    "gsm8k/train.jsonl": asset("eval/gsm8k_train.jsonl.gz"),
+    "gsm8k/test.jsonl": asset("eval/gsm8k_test.jsonl.gz"),
+    "math/math500_test.jsonl": asset("eval/math500_test.jsonl.gz"),
+    "competition/aime24.jsonl": asset("eval/aime24.jsonl.gz"),
+    "competition/amc23.jsonl": asset("eval/amc23.jsonl.gz"),
+    **{
+        f"sft_samples/{name}.jsonl": TEST_DATA / "sft_samples" / f"{name}.jsonl.gz"
+        for name in (
+            "openmathinstruct1_sample100",
+            "openmathinstruct2_sample1000",
+            "tinygsm_style_gpt41_sample1000",
+        )
+    },
+    "tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json": TEST_DATA
+    / "tokenizers"
+    / "allenai_gpt-neox-olmo-dolma-v1_5.json.gz",
+    "tokenizers/gpt2/gpt2_tokenizer.json": TEST_DATA / "tokenizers" / "gpt2_tokenizer.json.gz",
+}
+
+
+@functools.cache
+def data_root() -> Path:
+    """A temporary tree (removed at exit) holding DATA_FILES unpacked, made once per test process."""
+    root = Path(tempfile.mkdtemp(prefix="echo-test-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for rel, src in DATA_FILES.items():
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    return root
 
 
 def make_indexed_dataset(

@@ -76,6 +76,31 @@ def test_dockerignore_keeps_what_the_image_copies():
         assert heavy in patterns
 
 
+def make_venv_with_image_torch(venv) -> None:
+    """A new venv that sees torch the way an NGC image's Python does: in a site directory outside the venv.
+
+    ``--system-site-packages`` would not do it when the suite itself runs in a venv (its "system" is the base
+    interpreter, which has no torch), so the venv gets a ``.pth`` naming the directory this process imports torch
+    from, wherever that is (a venv, a user site, the system)."""
+    import sysconfig
+
+    import torch
+
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    purelib = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    torch_site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    assert torch_site != sysconfig.get_paths()["stdlib"]
+    with open(os.path.join(purelib, "image_torch.pth"), "w", encoding="utf-8") as f:
+        f.write(torch_site + "\n")
+
+
 def test_install_step_works_in_a_fresh_venv(tmp_path):
     """The Dockerfile's context (only what it COPYs) installed by docker/install.sh into a new venv that sees
     this machine's torch (as the NGC image has its own): echo-megatron then runs from the venv, not the repo."""
@@ -93,10 +118,8 @@ def test_install_step_works_in_a_fresh_venv(tmp_path):
         else:
             shutil.copy2(path, dest)
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300
-    )
     py = str(venv / "bin" / "python")
+    make_venv_with_image_torch(venv)
     out = subprocess.run(
         ["bash", str(ctx / "docker" / "install.sh"), str(ctx)],
         capture_output=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from echo_testing import data_root
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -144,9 +145,7 @@ def test_explicit_weights_and_errors(prepared, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="unknown source type 'wikipedia'"):
         resolve_blend(unknown)
     other_tok = cfg.copy()
-    other_tok.data.tokenizer.path = str(
-        REPO.parent / "shared" / "data" / "tokenizers" / "gpt2" / "gpt2_tokenizer.json"
-    )
+    other_tok.data.tokenizer.path = str(data_root() / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
     with pytest.raises(ConfigError, match="preprocessed with another tokenizer"):
         resolve_blend(other_tok)
     with pytest.raises(ConfigError, match="mixture is empty"):

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from echo_testing import data_root
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from test_data_common import REPO
 
@@ -15,8 +16,8 @@ from echo_megatron.data.records import iter_local, parse_json_line
 from echo_megatron.data.sources import get_spec, make_document
 from echo_megatron.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
-SAMPLES = REPO.parent / "shared" / "data" / "sft_samples"
-OLMO = REPO.parent / "shared" / "data" / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+SAMPLES = data_root() / "sft_samples"
+OLMO = data_root() / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
 
 
 def sample_cfg(idx, *overrides, tok=OLMO):

@@ -1,10 +1,11 @@
-"""Source formatters on the shared samples, local readers (jsonl / json / parquet), and bad input."""
+"""Source formatters on the real samples, local readers (jsonl / json / parquet), and bad input."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from echo_testing import data_root
 
 from echo_megatron.config import ConfigError, load_config
 from echo_megatron.data.preprocess import preprocess
@@ -28,8 +29,8 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_tinygsm_sample_becomes_question_and_unfenced_function(shared_data):
-    docs = docs_of("tinygsm", shared_data / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl")
+def test_tinygsm_sample_becomes_question_and_unfenced_function(data_dir):
+    docs = docs_of("tinygsm", data_dir / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl")
     assert len(docs) == 1000
     for row, d in docs:
         assert d.prompt == row["user"].strip() + PROMPT_SEP
@@ -37,8 +38,8 @@ def test_tinygsm_sample_becomes_question_and_unfenced_function(shared_data):
         assert d.format == "code" and d.text == d.prompt + d.solution
 
 
-def test_omi1_keeps_correct_solutions_and_labels_formats(shared_data, tmp_path):
-    docs = docs_of("omi1", shared_data / "sft_samples" / "openmathinstruct1_sample100.jsonl")
+def test_omi1_keeps_correct_solutions_and_labels_formats(data_dir, tmp_path):
+    docs = docs_of("omi1", data_dir / "sft_samples" / "openmathinstruct1_sample100.jsonl")
     kept = [(r, d) for r, d in docs if d is not None]
     assert len(kept) == sum(r["is_correct"] for r, _ in docs)
     for row, d in kept:
@@ -47,11 +48,11 @@ def test_omi1_keeps_correct_solutions_and_labels_formats(shared_data, tmp_path):
     assert docs_of("omi1", wrong)[0][1] is None
 
 
-def test_omi2_gsm8k_metamathqa_and_plain_text(shared_data, tmp_path):
-    row, d = docs_of("omi2", shared_data / "sft_samples" / "openmathinstruct2_sample1000.jsonl")[0]
+def test_omi2_gsm8k_metamathqa_and_plain_text(data_dir, tmp_path):
+    row, d = docs_of("omi2", data_dir / "sft_samples" / "openmathinstruct2_sample1000.jsonl")[0]
     assert d.prompt == row["problem"].strip() + PROMPT_SEP and d.solution == row["generated_solution"]
     assert d.format == "nl"
-    row, d = docs_of("gsm8k", shared_data / "gsm8k" / "train.jsonl")[0]
+    row, d = docs_of("gsm8k", data_dir / "gsm8k" / "train.jsonl")[0]
     assert "<<" not in d.solution and d.solution.endswith("The answer is \\boxed{72}.")
     mm = write_jsonl(
         tmp_path / "mm.jsonl", [{"query": "What is 2+3?", "response": "2+3=5. The answer is: 5"}]
@@ -84,7 +85,7 @@ def cfg_with(tmp_path, sources: dict, *overrides: str):
     lines = [f"data.indexed_dir={tmp_path / 'idx'}", "data.num_workers=1"]
     for name, kv in sources.items():
         lines += [f"data.sources.{name}.{k}={v}" for k, v in kv.items()]
-    tok = __import__("test_data_common").REPO.parent / "shared" / "data" / "tokenizers" / OLMO
+    tok = data_root() / "tokenizers" / OLMO
     return load_config(None, [f"data.tokenizer.path={tok}", *lines, *overrides])
 
 

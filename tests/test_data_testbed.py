@@ -117,8 +117,8 @@ def test_cli_writes_files_prompts_and_tokenizer(tmp_path):
     assert cfg.data.tokenizer.path == f"{tmp_path}/tokenizer.json"
 
 
-def test_gsm8k3_renders_real_gsm8k_correctly(shared_data):
-    rows = [json.loads(x) for x in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:400]]
+def test_gsm8k3_renders_real_gsm8k_correctly(data_dir):
+    rows = [json.loads(x) for x in (data_dir / "gsm8k" / "train.jsonl").read_text().splitlines()[:400]]
     out, dropped = generate_gsm8k3(rows, {"code": 1, "code_interp": 1, "nl": 1}, seed=0)
     assert len(out) + dropped == 400 and len(out) > 340
     for row, src in zip(out, [r for r in rows if render(r["question"], r["answer"])]):

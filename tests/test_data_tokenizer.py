@@ -25,18 +25,18 @@ def texts():
     return [x for r in train for x in (r["question"] + "\n\n", r["solution"])]
 
 
-def test_olmo_file_and_hub_name_resolve_offline(shared_data, monkeypatch):
-    tok = load_tokenizer(tok_cfg(shared_data / "tokenizers" / OLMO))
+def test_olmo_file_and_hub_name_resolve_offline(data_dir, monkeypatch):
+    tok = load_tokenizer(tok_cfg(data_dir / "tokenizers" / OLMO))
     assert (tok.vocab_size, tok.eod, tok.pad) == (50280, 50279, 1)
-    monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(shared_data / "tokenizers"))
+    monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(data_dir / "tokenizers"))
     by_name = load_tokenizer(tok_cfg("allenai/gpt-neox-olmo-dolma-v1_5"))
     assert by_name.hash == tok.hash and by_name.path.endswith(OLMO)
     text = "Natalia sold 48/2 = 24 clips.\n\n\\boxed{72}"
     assert tok.decode(tok.encode(text)) == text
 
 
-def test_gpt2_file_has_endoftext_and_no_pad(shared_data):
-    tok = load_tokenizer(tok_cfg(shared_data / "tokenizers" / "gpt2" / "gpt2_tokenizer.json"))
+def test_gpt2_file_has_endoftext_and_no_pad(data_dir):
+    tok = load_tokenizer(tok_cfg(data_dir / "tokenizers" / "gpt2" / "gpt2_tokenizer.json"))
     assert tok.eod == 50256 and tok.pad == tok.eod  # no pad token: pad falls back to eod
 
 
@@ -81,11 +81,11 @@ def test_training_is_deterministic_and_pickles(texts):
         train_tokenizer(texts, "wordpiece")
 
 
-def test_tokenizer_train_command_on_recipe_sources(tmp_path, shared_data):
+def test_tokenizer_train_command_on_recipe_sources(tmp_path, data_dir):
     from echo_megatron.cli import main
 
     out = tmp_path / "tok.json"
-    S = shared_data / "sft_samples"
+    S = data_dir / "sft_samples"
     rc = main(["tokenizer", "train", "recipes/paper/150m_tg+omi2.yaml",
                "data.sources.finemath.multiplier=0", "data.sources.algebraic_stack.multiplier=0",
                f"data.sources.finemath.path={S / 'openmathinstruct2_sample1000.jsonl'}",

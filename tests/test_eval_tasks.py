@@ -1,4 +1,4 @@
-"""The eval task registry reads the shared files, extracts gold answers and fails clearly on bad input."""
+"""The eval task registry reads the files shipped with the package, extracts gold answers and fails clearly on bad input."""
 
 from __future__ import annotations
 
@@ -12,12 +12,7 @@ import pytest
 from echo_megatron.eval.tasks import TASKS, TaskError, gsm8k_gold, load_task, resolve_source
 
 
-@pytest.fixture(autouse=True)
-def _shared(shared_data, monkeypatch):
-    monkeypatch.setenv("ECHO_SHARED_DATA", str(shared_data))
-
-
-def test_gsm8k_test_split(shared_data):
+def test_gsm8k_test_split(data_dir):
     probs = load_task("gsm8k")
     assert len(probs) == 1319
     first = probs[0]

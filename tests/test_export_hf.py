@@ -118,14 +118,14 @@ def test_unsupported_architectures_are_refused(override, reason):
         hf_architecture(load_config(None, [*BASE, override]).model)
 
 
-def test_export_hf_command_with_tokenizer(tmp_path, shared_data):
+def test_export_hf_command_with_tokenizer(tmp_path, data_dir):
     """`echo-megatron export-hf RUN OUT` (a fresh process): model + tokenizer load offline and agree with ours."""
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from echo_megatron.checkpoint import save_checkpoint
 
-    tok_path = str(shared_data / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
+    tok_path = str(data_dir / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
     cfg, model = build(
         [
             "model.hidden_size=32",

@@ -8,8 +8,8 @@ import json
 from echo_megatron.cli import main
 
 
-def test_score_command_keeps_order_and_survives_hostile_lines(tmp_path, shared_data, capsys):
-    gsm = [json.loads(line) for line in open(shared_data / "gsm8k" / "test.jsonl")][:5]
+def test_score_command_keeps_order_and_survives_hostile_lines(tmp_path, data_dir, capsys):
+    gsm = [json.loads(line) for line in open(data_dir / "gsm8k" / "test.jsonl")][:5]
     good = [
         {"completion": r["answer"], "answer": r["answer"].rsplit("####", 1)[1].strip(), "id": i}
         for i, r in enumerate(gsm)

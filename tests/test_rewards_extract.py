@@ -145,8 +145,8 @@ def test_answers_equal_routes_math_to_math_verify_only_when_needed():
     assert answers_equal("five", "5", "gsm8k") is False
 
 
-def test_gold_math500_boxed_equals_answer(shared_data):
-    rows = _jsonl(shared_data / "math" / "math500_test.jsonl")
+def test_gold_math500_boxed_equals_answer(data_dir):
+    rows = _jsonl(data_dir / "math" / "math500_test.jsonl")
     ok = 0
     for r in rows:
         pred, gold = last_boxed(r["solution"]), gold_answer(r["answer"], "math")
@@ -156,8 +156,8 @@ def test_gold_math500_boxed_equals_answer(shared_data):
     assert ok / len(rows) >= 0.99
 
 
-def test_gold_gsm8k_solutions_equal_their_answers(shared_data):
-    rows = _jsonl(shared_data / "gsm8k" / "test.jsonl") + _jsonl(shared_data / "gsm8k" / "train.jsonl")
+def test_gold_gsm8k_solutions_equal_their_answers(data_dir):
+    rows = _jsonl(data_dir / "gsm8k" / "test.jsonl") + _jsonl(data_dir / "gsm8k" / "train.jsonl")
     finals = [r["answer"].rsplit("####", 1)[1].strip() for r in rows]
     ok = sum(
         answers_equal(nl_answer(r["answer"]), gold_answer(f, "gsm8k"), "gsm8k") is True
@@ -168,9 +168,9 @@ def test_gold_gsm8k_solutions_equal_their_answers(shared_data):
     assert [gold_answer(r["answer"], "gsm8k") for r in rows[:50]] == finals[:50]
 
 
-def test_gold_aime_amc(shared_data):
-    aime = _jsonl(shared_data / "competition" / "aime24.jsonl")
-    amc = _jsonl(shared_data / "competition" / "amc23.jsonl")
+def test_gold_aime_amc(data_dir):
+    aime = _jsonl(data_dir / "competition" / "aime24.jsonl")
+    amc = _jsonl(data_dir / "competition" / "amc23.jsonl")
     assert len(aime) == 30 and len(amc) == 40
     for r in aime:  # answers are zero-padded strings ("025"); a model writes \boxed{25}
         assert answers_equal(str(int(r["answer"])), gold_answer(r["answer"], "aime"), "aime") is True

@@ -19,9 +19,9 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def labeled_sets(shared_data: Path) -> dict[str, list[tuple[str, str]]]:
+def labeled_sets(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
     """name -> [(text, true label)] from the shared files (labels by provenance) and the testbed renderers."""
-    sft = shared_data / "sft_samples"
+    sft = data_dir / "sft_samples"
     sets = {
         "tinygsm_style": [
             (r["assistant"], CODE) for r in _jsonl(sft / "tinygsm_style_gpt41_sample1000.jsonl")
@@ -32,14 +32,14 @@ def labeled_sets(shared_data: Path) -> dict[str, list[tuple[str, str]]]:
             for r in _jsonl(sft / "openmathinstruct1_sample100.jsonl")
         ],
         "omi2": [(r["generated_solution"], NL) for r in _jsonl(sft / "openmathinstruct2_sample1000.jsonl")],
-        "gsm8k": [(r["answer"], NL) for r in _jsonl(shared_data / "gsm8k" / "test.jsonl")]
-        + [(r["answer"], NL) for r in _jsonl(shared_data / "gsm8k" / "train.jsonl")],
-        "math500": [(r["solution"], NL) for r in _jsonl(shared_data / "math" / "math500_test.jsonl")],
+        "gsm8k": [(r["answer"], NL) for r in _jsonl(data_dir / "gsm8k" / "test.jsonl")]
+        + [(r["answer"], NL) for r in _jsonl(data_dir / "gsm8k" / "train.jsonl")],
+        "math500": [(r["solution"], NL) for r in _jsonl(data_dir / "math" / "math500_test.jsonl")],
     }
     return sets
 
 
-def testbed_sets(shared_data: Path) -> dict[str, list[tuple[str, str]]]:
+def testbed_sets(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
     """The testbed generator's three renderings of held-out problems, and gsm8k3's of GSM8K test problems."""
     from echo_megatron.config.data import TestbedConfig
     from echo_megatron.data.gsm8k3 import render
@@ -48,7 +48,7 @@ def testbed_sets(shared_data: Path) -> dict[str, list[tuple[str, str]]]:
     _, test = generate(TestbedConfig(n_train=10, n_test=500, min_ops=2, max_ops=5, seed=3))
     tb = [(sol, fmt) for row in test for fmt, sol in row["solutions"].items()]
     g3 = []
-    for r in _jsonl(shared_data / "gsm8k" / "test.jsonl")[:400]:
+    for r in _jsonl(data_dir / "gsm8k" / "test.jsonl")[:400]:
         sols = render(r["question"], r["answer"])
         if sols is not None:
             g3 += [(sol, fmt) for fmt, sol in sols.items()]
@@ -67,8 +67,8 @@ def print_matrix(title: str, counts: Counter) -> None:
         print(f"{t:>12}" + "".join(f"{counts.get((t, p), 0):>12}" for p in FORMATS))
 
 
-def test_real_samples_and_testbed_at_least_99_percent(shared_data):
-    sets = {**labeled_sets(shared_data), **testbed_sets(shared_data)}
+def test_real_samples_and_testbed_at_least_99_percent(data_dir):
+    sets = {**labeled_sets(data_dir), **testbed_sets(data_dir)}
     total = Counter()
     for name, pairs in sets.items():
         counts = confusion(pairs)
@@ -81,11 +81,11 @@ def test_real_samples_and_testbed_at_least_99_percent(shared_data):
     assert set(sets["testbed"][i][1] for i in range(3)) == {CODE, CODE_INTERP, NL}
 
 
-def test_truncated_testbed_generations_keep_their_format(shared_data):
+def test_truncated_testbed_generations_keep_their_format(data_dir):
     """A generation cut anywhere after its first 40% (a tiny model hitting max_new_tokens) keeps its label."""
     rng = random.Random(0)
     pairs = []
-    for text, truth in testbed_sets(shared_data)["testbed"]:
+    for text, truth in testbed_sets(data_dir)["testbed"]:
         cut = rng.randint(int(0.4 * len(text)), len(text))
         pairs.append((text[:cut], truth))
     counts = confusion(pairs)

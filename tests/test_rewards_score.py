@@ -26,10 +26,10 @@ def pool():
         yield p
 
 
-def test_tinygsm_style_solutions_execute(pool, shared_data):
+def test_tinygsm_style_solutions_execute(pool, data_dir):
     """README fact: once fences are removed, 999 of the 1,000 TinyGSM-style solutions run and return (four of
     them return None on purpose: "not enough information"); one has its body outside the function."""
-    rows = _jsonl(shared_data / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl")
+    rows = _jsonl(data_dir / "sft_samples" / "tinygsm_style_gpt41_sample1000.jsonl")
     results = score([r["assistant"] for r in rows], ["0"] * len(rows), "gsm8k", pool=pool)
     assert all(r.format == CODE for r in results)
     errors = Counter(r.error for r in results)
@@ -60,11 +60,11 @@ def test_testbed_renderings_score_correct_in_every_format(pool):
     assert not any(r.correct for r in wrong) and all(r.reward == 0.0 for r in wrong)
 
 
-def test_gsm8k3_renderings_score_correct(pool, shared_data):
+def test_gsm8k3_renderings_score_correct(pool, data_dir):
     from echo_megatron.data.gsm8k3 import render
 
     comps, refs = [], []
-    for r in _jsonl(shared_data / "gsm8k" / "test.jsonl")[:150]:
+    for r in _jsonl(data_dir / "gsm8k" / "test.jsonl")[:150]:
         sols = render(r["question"], r["answer"])
         if sols is not None:
             comps += [sols[CODE], sols[CODE_INTERP], sols[NL]]
@@ -74,11 +74,11 @@ def test_gsm8k3_renderings_score_correct(pool, shared_data):
     assert len(results) >= 200 and acc == 1.0, [r for r in results if not r.correct][:3]
 
 
-def test_gold_reference_solutions_score_as_eval_expects(pool, shared_data):
-    gsm = _jsonl(shared_data / "gsm8k" / "test.jsonl")
+def test_gold_reference_solutions_score_as_eval_expects(pool, data_dir):
+    gsm = _jsonl(data_dir / "gsm8k" / "test.jsonl")
     res = score([r["answer"] for r in gsm], [r["answer"] for r in gsm], "gsm8k", pool=pool)
     assert all(r.correct and r.format == NL for r in res)
-    math500 = _jsonl(shared_data / "math" / "math500_test.jsonl")
+    math500 = _jsonl(data_dir / "math" / "math500_test.jsonl")
     res = score([r["solution"] for r in math500], [r["answer"] for r in math500], "math", pool=pool)
     acc = sum(r.correct for r in res) / len(res)
     print(f"MATH-500 reference solutions scored as generations: {acc:.1%}")
@@ -146,10 +146,10 @@ def test_bad_and_odd_inputs_get_zero_reward_not_a_crash(pool):
         score(["x", "y"], ["1"], "gsm8k")
 
 
-def test_omi1_sample_by_execution(pool, shared_data):
+def test_omi1_sample_by_execution(pool, data_dir):
     """OMI1 answers by running the code: 92/100 match the dataset's answer; the rest are solutions whose final
     answer is not what their code prints (e.g. code prints -6, the text boxes 6)."""
-    rows = _jsonl(shared_data / "sft_samples" / "openmathinstruct1_sample100.jsonl")
+    rows = _jsonl(data_dir / "sft_samples" / "openmathinstruct1_sample100.jsonl")
     res = score(
         [r["generated_solution"] for r in rows], [r["expected_answer"] for r in rows], "math", pool=pool
     )

@@ -10,7 +10,7 @@ import sys
 import torch
 
 
-def test_generate_command(tmp_path, shared_data):
+def test_generate_command(tmp_path, data_dir):
     from omegaconf import OmegaConf
 
     from echo_megatron.checkpoint import save_checkpoint
@@ -19,7 +19,7 @@ def test_generate_command(tmp_path, shared_data):
     from echo_megatron.model.builder import build_model
     from echo_megatron.rollout.sampler import Sampler
 
-    tok_path = str(shared_data / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
+    tok_path = str(data_dir / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
     cfg = load_config(
         None,
         [

@@ -115,11 +115,22 @@ def test_close_is_idempotent_and_cleans_up():
 
 
 def test_a_worker_that_cannot_start_raises_a_clear_error():
-    with pytest.raises(SandboxError, match="could not start|failed to start"):
+    with pytest.raises(SandboxError, match="could not start|failed to start") as err:
         with SandboxPool(workers=1, memory_mb=64, timeout_s=1.0) as p:
             p._init["timeout_s"] = "not a number"  # a broken init frame for the next worker
             p._replace(p._slots[0])
             p.run([fn("return 1")])
+    assert "\n" not in str(err.value) and "rewards.sandbox_namespaces=false" in str(err.value)
+
+
+def test_a_worker_that_dies_while_starting_names_the_knob(tmp_path, monkeypatch):
+    """A preloaded library that kills the interpreter at import: three failed starts, then one line."""
+    (tmp_path / "dies_on_import.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers import from this process's sys.path
+    with pytest.raises(SandboxError, match="failed to start 3 times: the sandbox worker exited") as err:
+        with SandboxPool(workers=1, preload=["math", "dies_on_import"]) as p:
+            p.run([fn("return 1")])
+    assert "\n" not in str(err.value) and "rewards.sandbox_seccomp=false" in str(err.value)
 
 
 def test_config_and_invalid_arguments():

@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 
-RECIPES = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes", "demo"
-)
+from echo_megatron.config.loader import SHIPPED_RECIPES
+
+RECIPES = os.path.join(SHIPPED_RECIPES, "demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

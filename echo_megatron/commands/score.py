@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-last-number-fallback", action="store_true", help="no answer when there is no final answer"
     )
     parser.add_argument("--batch", type=int, default=512, help="lines scored together (default 512)")
+    parser.add_argument(
+        "--no-namespaces", action="store_true", help="no network/mount namespaces (where they cannot be made)"
+    )
+    parser.add_argument("--no-seccomp", action="store_true", help="no seccomp filter (where it cannot load)")
 
 
 def _parse_line(raw: bytes, lineno: int, path: str, cfield: str, afield: str) -> tuple[dict, str | None]:
@@ -102,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
     summary_stream = sys.stdout if args.out else sys.stderr
     written: list[dict] = []
     try:
-        with SandboxPool(workers=args.workers, timeout_s=args.timeout) as pool:
+        with SandboxPool(
+            workers=args.workers,
+            timeout_s=args.timeout,
+            namespaces=not args.no_namespaces,
+            seccomp=not args.no_seccomp,
+        ) as pool:
             for start in range(0, len(raw_lines), args.batch):
                 chunk = raw_lines[start : start + args.batch]
                 parsed = [

@@ -15,15 +15,31 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from echo_megatron.config.schema import ExperimentConfig
+from echo_megatron.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad recipe or override; the CLI turns it into exit status 2."""
 
 
+# The recipes installed with the package (echo_megatron/recipes: the repository's recipes/ folder).
+SHIPPED_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def resolve_recipe(path: str) -> str:
+    """``path`` if it is a file, else the shipped recipe of that name (``recipes/paper/150m_tg.yaml`` or
+    ``paper/150m_tg.yaml`` work from any folder, whether the package is a clone or an installed wheel)."""
+    if os.path.isfile(path):
+        return path
+    rel = os.path.normpath(path)
+    rel = rel[len("recipes" + os.sep) :] if rel.startswith("recipes" + os.sep) else rel
+    shipped = os.path.join(SHIPPED_RECIPES, rel)
+    if not os.path.isabs(path) and os.path.isfile(shipped):
+        return shipped
+    raise ConfigError(f"recipe file not found: {path}")
+
+
 def _read_yaml(path: str) -> DictConfig:
-    if not os.path.isfile(path):
-        raise ConfigError(f"recipe file not found: {path}")
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # yaml syntax errors
@@ -38,6 +54,8 @@ def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, Dict
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"{path}: recipe inheritance cycle")
+    if not os.path.isfile(path):
+        raise ConfigError(f"recipe file not found: {path}" + (f" (the base of {seen[-1]})" if seen else ""))
     cfg = _read_yaml(path)
     base = cfg.pop("base", None)
     chain: list[tuple[str, DictConfig]] = []
@@ -71,7 +89,7 @@ def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) ->
 def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig:
     """The resolved, validated config (a structured DictConfig typed as :class:`ExperimentConfig`)."""
     cfg = OmegaConf.structured(ExperimentConfig)
-    chain = _recipe_chain(recipe) if recipe else []
+    chain = _recipe_chain(resolve_recipe(recipe)) if recipe else []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")

@@ -69,5 +69,6 @@ class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "echo-megatron"
     wandb_mode: str = "offline"
-    progress_bar: bool = True
+    progress_bar: bool = True  # a bar on a terminal; else a plain line every progress_interval_s (Slurm .out)
+    progress_interval_s: float = 30.0
     extra: dict = field(default_factory=dict)

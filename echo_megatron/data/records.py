@@ -8,6 +8,7 @@ parallel) or an already-parsed dict (JSON arrays, parquet, the hub). Parquet and
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -64,9 +65,10 @@ def parse_json_line(line: str, where: str) -> dict:
 
 
 def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """``(line number, row)`` of a JSONL input file (prompts, eval sets), parsed here, blank lines skipped; a line
-    that is not a JSON object raises a DataError naming file and line."""
-    with open(path, encoding="utf-8") as f:
+    """``(line number, row)`` of a JSONL input file (prompts, eval sets; ``.gz`` or plain), parsed here, blank
+    lines skipped; a line that is not a JSON object raises a DataError naming file and line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 yield i, parse_json_line(line, f"{path}:{i}")

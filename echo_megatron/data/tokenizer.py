@@ -35,16 +35,13 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]  # ids 0 and 1 of every tokenizer 
 KINDS = ("bpe", "numbers")
 
 
-def _shared_tokenizer_dirs() -> list[str]:
-    """Where a hub name ``org/name`` is first looked for as ``org_name.json`` (offline copies)."""
-    dirs = []
-    if os.environ.get("ECHO_TOKENIZER_DIR"):
-        dirs.append(os.environ["ECHO_TOKENIZER_DIR"])
-    if os.environ.get("ECHO_SHARED_DATA"):
-        dirs.append(os.path.join(os.environ["ECHO_SHARED_DATA"], "tokenizers"))
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    dirs.append(os.path.join(os.path.dirname(repo), "shared", "data", "tokenizers"))
-    return dirs
+def _offline_tokenizer_dirs() -> list[str]:
+    """Where a hub name ``org/name`` is first looked for as ``org_name.json`` (offline copies):
+    ``$ECHO_TOKENIZER_DIR``, then the tokenizers shipped with the package."""
+    from echo_megatron.assets import asset
+
+    dirs = [os.environ["ECHO_TOKENIZER_DIR"]] if os.environ.get("ECHO_TOKENIZER_DIR") else []
+    return [*dirs, str(asset("tokenizers"))]
 
 
 def resolve_tokenizer_path(path: str) -> str:
@@ -57,7 +54,7 @@ def resolve_tokenizer_path(path: str) -> str:
             return candidate
         raise ConfigError(f"data.tokenizer.path: directory {path} has no tokenizer.json")
     if "/" in path and not path.endswith(".json"):
-        for d in _shared_tokenizer_dirs():
+        for d in _offline_tokenizer_dirs():
             candidate = os.path.join(d, path.replace("/", "_") + ".json")
             if os.path.isfile(candidate):
                 return candidate
@@ -138,8 +135,8 @@ def load_tokenizer(cfg_tokenizer: Any) -> Tokenizer:
     """The tokenizer of ``cfg.data.tokenizer`` (a TokenizerConfig or anything with ``path``/``eod``/``pad``).
 
     ``path`` may be a ``tokenizers`` JSON file, a directory holding ``tokenizer.json``, or a hub name. A hub name
-    ``org/name`` is first looked for offline as ``org_name.json`` in ``$ECHO_TOKENIZER_DIR``,
-    ``$ECHO_SHARED_DATA/tokenizers`` and ``../shared/data/tokenizers``; else ``transformers.AutoTokenizer`` loads it.
+    ``org/name`` is first looked for offline as ``org_name.json`` in ``$ECHO_TOKENIZER_DIR`` and in the package's
+    shipped tokenizers; else ``transformers.AutoTokenizer`` loads it.
     """
     from tokenizers import Tokenizer as HFTokenizer
 

@@ -2,8 +2,8 @@
 
 Each task names where its problems live and how to read them:
 
-- a local file shipped in the shared data directory (``../shared/data`` next to the repo, or
-  ``$ECHO_SHARED_DATA``), or a default path relative to the working directory (the testbed);
+- a file shipped with the package (``echo_megatron/assets/eval/``: GSM8K, MATH-500, AIME24, AMC23), or a
+  default path relative to the working directory (the testbed);
 - the HuggingFace dataset id / config / split of the full set, read through ``datasets`` when no local
   file is found (``path=`` always wins);
 - the question / answer / solution / id fields, and how the gold answer is extracted (GSM8K keeps its
@@ -11,7 +11,7 @@ Each task names where its problems live and how to read them:
 - the reward task name that ``echo_megatron.rewards`` scores it with.
 
 ``load_task(name, path=None, max_problems=None)`` returns a list of :class:`Problem`. Local files are read
-with ``datasets.load_dataset("json" | "parquet" | "csv", ...)``. A missing file, a malformed line or a
+with ``datasets.load_dataset("json" | "parquet" | "csv", ...)`` (``.gz`` compressed or not). A missing file, a malformed line or a
 missing field raises :class:`TaskError` naming the task, file, row and field.
 """
 
@@ -20,12 +20,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from echo_megatron.assets import asset
 from echo_megatron.config import ConfigError
-
-SHARED_DATA_ENV = "ECHO_SHARED_DATA"
+from echo_megatron.data.prompt import prompt_text
 
 
 class TaskError(ConfigError):
@@ -43,7 +42,7 @@ class Problem:
     @property
     def prompt(self) -> str:
         """What the model is given at RL / eval time: ``question + "\\n\\n"``."""
-        return self.question + "\n\n"
+        return prompt_text(self.question)
 
 
 def gsm8k_gold(answer: str) -> str:
@@ -71,7 +70,7 @@ class TaskSpec:
     solutions_field: str | None = None  # a {format: solution} mapping (testbed test rows)
     id_field: str | None = None  # None: the row index
     gold: Callable[[Any], str] = plain_gold
-    shared_file: str | None = None  # relative to the shared data directory
+    shipped_file: str | None = None  # a package data file (echo_megatron/assets/)
     default_path: str | None = None  # relative to the working directory (generated data)
     hf_id: str | None = None
     hf_config: str | None = None
@@ -89,7 +88,7 @@ TASKS: dict[str, TaskSpec] = {
             answer_field="answer",
             solution_field="answer",
             gold=gsm8k_gold,
-            shared_file="gsm8k/test.jsonl",
+            shipped_file="eval/gsm8k_test.jsonl.gz",
             hf_id="openai/gsm8k",
             hf_config="main",
             hf_split="test",
@@ -102,7 +101,7 @@ TASKS: dict[str, TaskSpec] = {
             answer_field="answer",
             solution_field="answer",
             gold=gsm8k_gold,
-            shared_file="gsm8k/train.jsonl",
+            shipped_file="eval/gsm8k_train.jsonl.gz",
             hf_id="openai/gsm8k",
             hf_config="main",
             hf_split="train",
@@ -115,7 +114,7 @@ TASKS: dict[str, TaskSpec] = {
             answer_field="answer",
             solution_field="solution",
             id_field="unique_id",
-            shared_file="math/math500_test.jsonl",
+            shipped_file="eval/math500_test.jsonl.gz",
             hf_id="HuggingFaceH4/MATH-500",
             hf_split="test",
         ),
@@ -127,7 +126,7 @@ TASKS: dict[str, TaskSpec] = {
             answer_field="answer",
             solution_field="solution",
             id_field="id",
-            shared_file="competition/aime24.jsonl",
+            shipped_file="eval/aime24.jsonl.gz",
             hf_id="HuggingFaceH4/aime_2024",
             hf_split="train",
         ),
@@ -148,7 +147,7 @@ TASKS: dict[str, TaskSpec] = {
             question_fields=("question", "problem"),
             answer_field="answer",
             id_field="id",
-            shared_file="competition/amc23.jsonl",
+            shipped_file="eval/amc23.jsonl.gz",
             hf_id="FlippyDora/amc23",  # same 40 rows and fields as the shipped file
             hf_split="train",
         ),
@@ -165,14 +164,6 @@ TASKS: dict[str, TaskSpec] = {
         ),
     ]
 }
-
-
-def shared_data_dir() -> Path:
-    """``$ECHO_SHARED_DATA``, else ``../shared/data`` beside the repository root."""
-    env = os.environ.get(SHARED_DATA_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def get_task(name: str) -> TaskSpec:
@@ -198,11 +189,12 @@ def _read_local(task: str, path: str) -> Iterable[dict]:
 
     if not os.path.isfile(path):
         raise TaskError(f"task {task}: file not found: {path}")
-    ext = path.rsplit(".", 1)[-1].lower()
+    name = path.lower().removesuffix(".gz")
+    ext = name.rsplit(".", 1)[-1]
     builder = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-    if builder is None:
+    if builder is None or (builder == "parquet" and name != path.lower()):
         raise TaskError(
-            f"task {task}: {path}: unsupported file type '.{ext}' (use .jsonl, .json, .parquet, .csv)"
+            f"task {task}: {path}: unsupported file type (use .jsonl, .json, .csv, optionally .gz, or .parquet)"
         )
     try:
         return datasets.load_dataset(builder, data_files=path, split="train")
@@ -229,8 +221,8 @@ def resolve_source(spec: TaskSpec, path: str | None = None) -> str:
     """The local file a task reads, or ``hf:<id>`` when it falls back to the hub."""
     if path:
         return path
-    if spec.shared_file and (shared_data_dir() / spec.shared_file).is_file():
-        return str(shared_data_dir() / spec.shared_file)
+    if spec.shipped_file and asset(spec.shipped_file).is_file():
+        return str(asset(spec.shipped_file))
     if spec.default_path:
         if os.path.isfile(spec.default_path) or not spec.hf_id:
             return spec.default_path
@@ -295,7 +287,7 @@ def describe_tasks() -> str:
     """One line per task: name, reward task, local file / hub id (for ``--help`` texts and docs)."""
     lines = []
     for t in TASKS.values():
-        local = t.shared_file and f"shared:{t.shared_file}" or t.default_path or "-"
+        local = t.shipped_file and f"package:{t.shipped_file}" or t.default_path or "-"
         hub = f"{t.hf_id}{f':{t.hf_config}' if t.hf_config else ''}@{t.hf_split}" if t.hf_id else "-"
         lines.append(f"{t.name:<12} reward={t.reward_task:<8} local={local:<34} hub={hub}  {t.description}")
     return "\n".join(lines)

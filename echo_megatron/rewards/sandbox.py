@@ -42,6 +42,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
+from echo_megatron.errors import UserError
 from echo_megatron.rewards.protocol import MAX_FRAME, encode_frame
 
 # Two worker profiles. Forking costs grow with the worker's memory (~2 ms with the stdlib, ~9 ms with
@@ -57,7 +58,13 @@ WATCHDOG_GRACE_S = 5.0
 MAX_START_FAILURES = 3
 
 
-class SandboxError(RuntimeError):
+START_HINT = (
+    "to run without the failing layer set rewards.sandbox_namespaces=false or rewards.sandbox_seccomp=false "
+    "(score: --no-namespaces / --no-seccomp)"
+)
+
+
+class SandboxError(UserError, RuntimeError):
     """The sandbox cannot run at all (workers fail to start); individual program failures are never raised."""
 
 
@@ -74,6 +81,31 @@ class _Slot:
     job: int | None = None  # index into the current run's jobs
     job_id: int | None = None
     started: float = 0.0
+
+
+def import_roots(modules: list[str]) -> list[str]:
+    """The directories a worker imports from: this interpreter's ``sys.path`` plus the real location of
+    ``echo_megatron`` and of each module in ``modules``. An editable install's finder maps a package to its
+    source tree without putting that tree on ``sys.path``; the worker (and the bind mounts that keep its imports
+    visible inside the sandbox's private /tmp) must see it all the same."""
+    import importlib.util
+
+    import echo_megatron
+
+    roots = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    roots += [os.path.dirname(os.path.abspath(p)) for p in echo_megatron.__path__]
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name.split(".")[0])
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:
+            roots += [os.path.dirname(os.path.abspath(p)) for p in spec.submodule_search_locations]
+        elif spec.origin and os.path.isabs(spec.origin):
+            roots.append(os.path.dirname(spec.origin))
+    return list(dict.fromkeys(roots))
 
 
 def _kill_slot(slot: _Slot) -> None:
@@ -182,7 +214,7 @@ class SandboxPool:
     def _spawn(self, pos: int, profile: str) -> _Slot:
         base = tempfile.mkdtemp(prefix="echo-sbx-")
         os.chmod(base, 0o711)  # the sandbox uid may traverse it to its own run dir, not list or write it
-        paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        paths = import_roots([*self.preload[profile]])
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -361,7 +393,7 @@ class SandboxPool:
             detail = frame.get("detail", "")
             self._closed = True
             self._finalizer()
-            raise SandboxError(f"a sandbox worker could not start: {detail}")
+            raise SandboxError(f"a sandbox worker could not start: {detail}; {START_HINT}")
         self._lost(slot, results, "sandbox", f"unexpected frame from the sandbox worker: {kind!r}")
         return False
 
@@ -381,7 +413,9 @@ class SandboxPool:
             if self._start_failures >= MAX_START_FAILURES:
                 self._closed = True
                 self._finalizer()
-                raise SandboxError(f"sandbox workers failed to start {MAX_START_FAILURES} times: {detail}")
+                raise SandboxError(
+                    f"sandbox workers failed to start {MAX_START_FAILURES} times: {detail}; {START_HINT}"
+                )
         self._replace(slot)
 
     def _watchdog(self, results: list) -> None:

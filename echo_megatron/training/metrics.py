@@ -13,11 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from echo_megatron.rundir import RunDir, persistent_run_id
+
 
 class MetricsLogger:
     def __init__(self, cfg: DictConfig, run_dir: str, rank: int = 0) -> None:
         self.enabled = rank == 0
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = RunDir(run_dir).metrics
         self.tb = None
         self.wandb = None
         if not self.enabled:
@@ -27,7 +29,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+                self.tb = SummaryWriter(RunDir(run_dir).tb)
             except ImportError:
                 print("[metrics] tensorboard not installed: TensorBoard logging off")
         if cfg.logging.wandb:
@@ -38,6 +40,7 @@ class MetricsLogger:
                 self.wandb = wandb.init(
                     project=cfg.logging.wandb_project,
                     name=cfg.name,
+                    id=persistent_run_id(RunDir(run_dir).wandb_id),  # a requeued job continues this run
                     dir=run_dir,
                     config=OmegaConf.to_container(cfg, resolve=True),
                     resume="allow",
