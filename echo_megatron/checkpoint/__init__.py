@@ -1,6 +1,7 @@
 """Checkpoints: megatron ``dist_checkpointing`` (reshardable across TP/PP/DP), atomic, keep-last-N."""
 
 from echo_megatron.checkpoint.dist import (
+    checkpoint_dir,
     find_checkpoint,
     latest_checkpoint,
     load_checkpoint,
@@ -8,4 +9,11 @@ from echo_megatron.checkpoint.dist import (
     save_checkpoint,
 )
 
-__all__ = ["find_checkpoint", "latest_checkpoint", "load_checkpoint", "read_common_state", "save_checkpoint"]
+__all__ = [
+    "checkpoint_dir",
+    "find_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "read_common_state",
+    "save_checkpoint",
+]

@@ -98,6 +98,11 @@ def _sharded_state(model: list, optimizer, is_loading: bool, with_rng: bool) -> 
     return sd
 
 
+def checkpoint_dir(root: str, iteration: int) -> str:
+    """``ROOT/iter_NNNNNNN``: where the checkpoint of ``iteration`` lives."""
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
 def save_checkpoint(
     root: str,
     iteration: int,
@@ -111,7 +116,7 @@ def save_checkpoint(
     from megatron.core import dist_checkpointing
 
     rank = dist.get_rank()
-    final = os.path.join(root, f"iter_{iteration:07d}")
+    final = checkpoint_dir(root, iteration)
     tmp = final + ".tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)

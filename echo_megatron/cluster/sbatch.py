@@ -18,7 +18,6 @@ then, because Slurm already decides what happens to the job.
 
 from __future__ import annotations
 
-import os
 import re
 
 import jinja2
@@ -26,6 +25,7 @@ from omegaconf import DictConfig
 
 from echo_megatron.cluster.pipeline import Job
 from echo_megatron.config import ConfigError
+from echo_megatron.rundir import RunDir
 
 TEMPLATE = r"""#!/bin/bash
 {% if c.setup %}# shellcheck disable=SC1090,SC1091  # cluster.setup may source site files that exist only there
@@ -142,7 +142,7 @@ _ENV.filters["qjoin"] = lambda items: " ".join(_ENV.filters["q"](v) for v in ite
 
 def config_path(root: str, stage: str, index: int | None = None) -> str:
     """Where ``submit`` writes the resolved config of a stage (or of array task ``index``)."""
-    return os.path.join(root, "slurm", f"{stage}.yaml" if index is None else f"{stage}.{index}.yaml")
+    return RunDir(root).slurm_file(f"{stage}.yaml" if index is None else f"{stage}.{index}.yaml")
 
 
 def container_runtime(cluster: DictConfig) -> str:
@@ -211,7 +211,7 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
         else [config_path(root, job.stage.name, t.index if job.is_array else None)]
         for t in job.tasks
     ]
-    log = os.path.join(root, "slurm", f"{job.stage.name}-%A_%a.out" if array else f"{job.stage.name}-%j.out")
+    log = RunDir(root).slurm_file(f"{job.stage.name}-%A_%a.out" if array else f"{job.stage.name}-%j.out")
     tasks_per_node = 1 if c.launcher == "torchrun" else c.gpus_per_node
     title = f"stage '{job.stage.name}': echo-megatron {job.stage.command}" + (
         f", {n} array tasks" if array else ""

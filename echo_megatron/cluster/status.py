@@ -119,7 +119,7 @@ def _state(rec: dict[str, str] | None) -> tuple[str, int]:
 
 def collect(root: str) -> list[Row]:
     """One row per stage (per array task) of the submission in ``root``, or one row for a plain run dir."""
-    record_path = os.path.join(root, "slurm", RECORD)
+    record_path = RunDir(root).slurm_file(RECORD)
     if not os.path.isfile(record_path):
         command = "pretrain"
         phases = (

@@ -32,6 +32,7 @@ from echo_megatron.cluster.pipeline import (
 )
 from echo_megatron.cluster.sbatch import config_path, render
 from echo_megatron.config import ConfigError
+from echo_megatron.rundir import RunDir
 
 RECORD = "submission.json"
 
@@ -86,7 +87,7 @@ def prepare(
     for job in jobs:
         base = f"{pipeline.name}-{job.stage.name}" if pipeline.name else str(job.tasks[0].config.name)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base)[:64]
-        path = os.path.join(root, "slurm", f"{job.stage.name}.sbatch")
+        path = RunDir(root).slurm_file(f"{job.stage.name}.sbatch")
         rendered.append(Rendered(job, name, path, render(job, root, workdir, name)))
     return pipeline, root, rendered
 
@@ -113,7 +114,7 @@ def dry_run(rendered: list[Rendered], out=sys.stdout) -> None:
 
 
 def write_files(root: str, rendered: list[Rendered]) -> None:
-    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    os.makedirs(RunDir(root).slurm, exist_ok=True)
     for r in rendered:
         for t in r.job.tasks:
             if t.args is None:  # a stage with args runs no config of ours
@@ -160,6 +161,6 @@ def submit(pipeline: Pipeline, root: str, rendered: list[Rendered]) -> dict[str,
             for r in rendered
         ],
     }
-    with open(os.path.join(root, "slurm", RECORD), "w", encoding="utf-8") as f:
+    with open(RunDir(root).slurm_file(RECORD), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return ids

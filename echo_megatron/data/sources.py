@@ -14,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from echo_megatron.data.prompt import PROMPT_SEP
 from echo_megatron.data.records import DataError
 from echo_megatron.rewards.formats import CODE, CODE_INTERP, NL, OTHER, SOLUTION_FORMATS
-
-PROMPT_SEP = "\n\n"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import os
 import random
 from dataclasses import dataclass
 
+from echo_megatron.data.prompt import prompt_text
 from echo_megatron.rewards.formats import CODE, CODE_INTERP, NL, SOLUTION_FORMATS
 
 NAMES: tuple[tuple[str, str], ...] = (
@@ -295,7 +296,7 @@ def write_testbed(cfg) -> dict:
     if cfg.tokenizer != "none":
         from echo_megatron.data.tokenizer import save_tokenizer, train_tokenizer
 
-        texts = (x for r in train for x in (r["question"] + "\n\n", r["solution"]))
+        texts = (x for r in train for x in (prompt_text(r["question"]), r["solution"]))
         backend = train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_vocab_size, 2, max(cfg.max_answer, 9))
         summary["tokenizer"] = save_tokenizer(backend, os.path.join(cfg.out, "tokenizer.json"))
         summary["vocab_size"] = backend.get_vocab_size(with_added_tokens=True)

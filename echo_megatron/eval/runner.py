@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from echo_megatron.config import ConfigError
+from echo_megatron.distributed import collectives
 from echo_megatron.eval.estimators import format_stats, k_metrics, mean_pass_at_k
 from echo_megatron.eval.tasks import Problem, get_task, load_task, resolve_source
 from echo_megatron.rewards.equivalence import normalize_latex, parse_number
-from echo_megatron.rundir import RunDir, read_metrics
+from echo_megatron.rundir import RunDir, read_metrics, write_text_atomic
+from echo_megatron.training.progress import Progress
 
 GREEDY, SAMPLED = "greedy", "sampled"
 PROMPT_TOO_LONG = "prompt_too_long"  # finish reason of a problem whose prompt leaves no room to generate
@@ -189,27 +191,6 @@ class Layout:
     def scores(self) -> bool:
         """Whether this rank scores (TP rank 0 of each DP replica)."""
         return self.tp_rank == 0
-
-
-def _gather_to_rank0(layout: Layout, items: list) -> list:
-    """Concatenate ``items`` of every rank on global rank 0 (other ranks get [])."""
-    if not layout.distributed:
-        return items
-    import torch.distributed as dist
-
-    parts: list | None = [None] * dist.get_world_size() if layout.rank == 0 else None
-    dist.gather_object(items, parts, dst=0)
-    return [x for part in parts for x in part] if parts is not None else []
-
-
-def _broadcast_from_rank0(layout: Layout, obj: Any) -> Any:
-    if not layout.distributed:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---- config -------------------------------------------------------------------------------------------------
@@ -415,8 +396,7 @@ def _generate_mode(
         for i, per_problem in enumerate(comps):
             for j, c in enumerate(per_problem):
                 out.append({"problem_index": start + i, "mode": mode, "sample": j, "completion": c})
-        if bar is not None:
-            bar.update((end - start) * n)
+        bar.update((end - start) * n)
     return out
 
 
@@ -449,22 +429,15 @@ def _score(items: list[dict], problems: list[Problem], reward_task: str, cfg, po
     return records
 
 
-def _write_json_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_task_files(run_dir: str, task: str, result: dict, records: list[dict]) -> tuple[str, str]:
     """``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` (one line per generation, problem order)."""
     rd = RunDir(run_dir)
     os.makedirs(rd.eval, exist_ok=True)
-    _write_json_atomic(rd.eval_file(task), json.dumps(result, indent=2) + "\n")
+    write_text_atomic(rd.eval_file(task), json.dumps(result, indent=2) + "\n")
     order = {GREEDY: 0, SAMPLED: 1}
     rows = sorted(records, key=lambda r: (r["problem_index"], order[r["mode"]], r["sample"]))
     lines = "".join(json.dumps({k: v for k, v in r.items() if k != "problem_index"}) + "\n" for r in rows)
-    _write_json_atomic(rd.eval_generations(task), lines)
+    write_text_atomic(rd.eval_generations(task), lines)
     return rd.eval_file(task), rd.eval_generations(task)
 
 
@@ -542,28 +515,30 @@ def _evaluate_task(generate, task, cfg, layout, pool, step, run_dir, checkpoint,
     path = task_path(cfg, task)
     problems = load_task(task, path=path, max_problems=cfg.eval.max_problems)
     modes = _modes(cfg.eval)
-    bar = None
-    if progress and layout.rank == 0:
-        from tqdm import tqdm
-
-        total = sum(
-            (e - s) * n
-            for _, n, _ in modes
-            for s, e in _chunks(len(problems), max(1, int(cfg.eval.batch_size) // n), layout)
-        )
-        bar = tqdm(total=total, desc=f"eval/{task}", unit="gen", dynamic_ncols=True, file=sys.stderr)
+    total = sum(
+        (e - s) * n
+        for _, n, _ in modes
+        for s, e in _chunks(len(problems), max(1, int(cfg.eval.batch_size) // n), layout)
+    )
+    bar = Progress(
+        total,
+        f"eval/{task}",
+        enabled=progress and layout.rank == 0,
+        stream=sys.stderr,
+        interval_s=cfg.logging.progress_interval_s,
+        unit="gen",
+    )
     t0 = time.perf_counter()
     items: list[dict] = []
     try:
         for mode, n, temperature in modes:
             items += _generate_mode(generate, problems, mode, n, temperature, cfg, layout, bar)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     t1 = time.perf_counter()
     records = _score(items, problems, spec.reward_task, cfg, pool) if layout.scores else []
     t2 = time.perf_counter()
-    records = _gather_to_rank0(layout, records)
+    records = collectives.gather_to_rank0(records)
     result = None
     if layout.rank == 0:
         result = summarize_task(
@@ -586,4 +561,4 @@ def _evaluate_task(generate, task, cfg, layout, pool, step, run_dir, checkpoint,
             )
         if run_dir is not None:
             write_task_files(run_dir, task, result, records)
-    return _broadcast_from_rank0(layout, result)
+    return collectives.broadcast_from_rank0(result)

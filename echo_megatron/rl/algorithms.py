@@ -11,21 +11,18 @@ run equals a DP=1 run. Groups (the ``n`` samples of one prompt) never straddle r
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
+from echo_megatron.distributed import collectives
 from echo_megatron.rl import functional as F
 
 
 def dp_masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``functional.masked_whiten`` with the mean and (biased) variance taken over all DP ranks."""
-    from megatron.core import parallel_state as ps
 
     v = F.zero_outside(values, mask).double()
     m = mask.double()
-    stats = torch.stack([v.sum(), (v * v).sum(), m.sum()])
-    if dist.is_initialized():
-        dist.all_reduce(stats, group=ps.get_data_parallel_group())
+    stats = collectives.dp_all_reduce_(torch.stack([v.sum(), (v * v).sum(), m.sum()]))
     mean = stats[0] / stats[2].clamp_min(1)
     var = stats[1] / stats[2].clamp_min(1) - mean * mean
     return F.zero_outside(((v - mean) * torch.rsqrt(var.clamp_min(0) + eps)).to(values.dtype), mask)

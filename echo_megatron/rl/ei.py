@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from echo_megatron.data.prompt import document_text
 from echo_megatron.rewards.formats import FORMATS, OTHER
 
 _SPACES = re.compile(r"[ \t\f\v]+")
@@ -138,4 +139,4 @@ def select_for_sft(
 
 def sft_documents(samples: Iterable[EISample]) -> list[str]:
     """Training documents ``question + "\\n\\n" + solution`` (the solution as generated, not normalised)."""
-    return [s.question + "\n\n" + s.solution for s in samples]
+    return [document_text(s.question, s.solution) for s in samples]

@@ -17,10 +17,11 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
 from echo_megatron.checkpoint import load_checkpoint, save_checkpoint
+from echo_megatron.data.prompt import prompt_text
+from echo_megatron.distributed import collectives
 from echo_megatron.rl.ei import EISample, select_for_sft
 from echo_megatron.rl.loop import RLTrainer, _say
 from echo_megatron.training.setup import attach_schedule_hooks, build_optimizer, build_scheduler
@@ -31,7 +32,7 @@ def sft_rows(tok, samples: list[EISample], seq_length: int) -> list[dict[str, to
     """One document per row from position 0, padded; loss on the solution and its EOD only."""
     rows = []
     for s in samples:
-        q = tok.encode(s.question + "\n\n")
+        q = tok.encode(prompt_text(s.question))
         a = tok.encode(s.solution) + [tok.eod]
         ids = (q + a)[: seq_length + 1]
         tokens = torch.full((seq_length + 1,), tok.pad, dtype=torch.long)
@@ -138,8 +139,7 @@ class ExpertIteration(RLTrainer):
                     with open(self._kept_path(rnd), "w", encoding="utf-8") as f:
                         for s in self.kept:
                             f.write(json.dumps(s.__dict__) + "\n")
-                if dist.is_initialized():
-                    dist.barrier()
+                collectives.barrier()
                 self.logger.log(rnd, "rl", out)
                 save_checkpoint(
                     self.run.checkpoints,

@@ -18,7 +18,14 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from echo_megatron.checkpoint import (
+    checkpoint_dir,
+    find_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from echo_megatron.distributed import collectives
 from echo_megatron.rl.algorithms import Algorithm, make_algorithm
 from echo_megatron.rl.experience import build_experience, split_rows
 from echo_megatron.rl.forward import collect, policy_logits, token_entropy, token_logprobs
@@ -27,7 +34,8 @@ from echo_megatron.rundir import RunDir
 from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.loop import StopSignal, _say, save_config
 from echo_megatron.training.metrics import MetricsLogger
-from echo_megatron.training.precision import bf16_generation, pad_width, width_multiple
+from echo_megatron.training.precision import bf16_generation
+from echo_megatron.training.progress import Progress, pad_width, width_multiple
 from echo_megatron.training.setup import (
     attach_schedule_hooks,
     build_model_chunks,
@@ -65,30 +73,14 @@ class Scorer:
     def __call__(self, texts: list[str], answers: list[str]) -> list[dict]:
         from echo_megatron.rewards import score
 
-        obj = [None]
+        mine = None
         if self.pool is not None:
-            obj = [[r.to_dict() for r in score(texts, answers, self.cfg.task, self.cfg, self.pool)]]
-        if self.ps.get_tensor_model_parallel_world_size() > 1:
-            dist.broadcast_object_list(
-                obj,
-                src=self.ps.get_tensor_model_parallel_src_rank(),
-                group=self.ps.get_tensor_model_parallel_group(),
-            )
-        return obj[0]
+            mine = [r.to_dict() for r in score(texts, answers, self.cfg.task, self.cfg, self.pool)]
+        return collectives.tp_broadcast(mine)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
-
-
-def _dp_gather(items: list) -> list:
-    from megatron.core import parallel_state as ps
-
-    if ps.get_data_parallel_world_size() == 1:
-        return items
-    out: list = [None] * ps.get_data_parallel_world_size()
-    dist.all_gather_object(out, items, group=ps.get_data_parallel_group())
-    return [x for part in out for x in part]
 
 
 def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -169,7 +161,7 @@ class RLTrainer:
             )
             step = common["iteration"]
             if self.critic is not None:
-                path = os.path.join(self.run.checkpoints, "critic", f"iter_{step:07d}")
+                path = checkpoint_dir(self.run.critic_checkpoints, step)
                 load_checkpoint(path, self.critic, self.critic_opt, self.critic_sched, load_rng=False)
             _say(self.rank, f"resumed RL from {ckpt} at step {step}")
             return step
@@ -184,7 +176,7 @@ class RLTrainer:
     def _save(self, step: int) -> None:
         if self.critic is not None:  # written first: `latest` (policy) names only complete steps
             save_checkpoint(
-                os.path.join(self.run.checkpoints, "critic"),
+                self.run.critic_checkpoints,
                 step,
                 self.critic,
                 self.critic_opt,
@@ -316,7 +308,7 @@ class RLTrainer:
             (r["reward"], bool(r["correct"]), r["format"], len(ro.response_ids), r.get("error"))
             for r, ro in zip(results, rollouts)
         ]
-        rows = _dp_gather(local)
+        rows = collectives.dp_all_gather(local)
         out = {
             "reward": sum(x[0] for x in rows) / len(rows),
             "accuracy": sum(x[1] for x in rows) / len(rows),
@@ -348,7 +340,7 @@ class RLTrainer:
             }
             for k, (ro, res) in enumerate(zip(rollouts, results))
         ]
-        rows = _dp_gather(rows)
+        rows = collectives.dp_all_gather(rows)
         if self.rank == 0:
             path = path or self.run.samples_file(step)
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -359,18 +351,13 @@ class RLTrainer:
 
     # -- loop ------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
-        from tqdm import tqdm
-
         stop = StopSignal()
-        bar = (
-            tqdm(
-                total=self.steps,
-                initial=self.start_step,
-                desc=f"rl/{self.cfg.rl.algorithm}",
-                dynamic_ncols=True,
-            )
-            if self.rank == 0 and self.cfg.logging.progress_bar
-            else None
+        bar = Progress(
+            self.steps,
+            f"rl/{self.cfg.rl.algorithm}",
+            initial=self.start_step,
+            enabled=self.rank == 0 and self.cfg.logging.progress_bar,
+            interval_s=self.cfg.logging.progress_interval_s,
         )
         out: dict[str, float] = {}
         try:
@@ -378,9 +365,7 @@ class RLTrainer:
                 out = self.step(step)
                 self.logger.log(step, "rl", out)
                 maybe_fail("kill_at_step", step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(acc=f"{out['accuracy']:.2f}", reward=f"{out['reward']:.2f}")
+                bar.update(1, acc=f"{out['accuracy']:.2f}", reward=f"{out['reward']:.2f}")
                 want_stop = stop.any_rank(self.device)
                 interval = self.cfg.checkpoint.save_interval
                 if (interval and step % interval == 0) or step == self.steps or want_stop:
@@ -389,8 +374,7 @@ class RLTrainer:
                     _say(self.rank, f"stopping at RL step {step} (signal); checkpoint saved")
                     break
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             self.scorer.close()
             self.logger.close()
         out["rank"] = float(self.rank)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from echo_megatron.data.prompt import prompt_text
 from echo_megatron.data.records import numbered_jsonl_rows
 
 
@@ -22,7 +23,7 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        return self.question + "\n\n"
+        return prompt_text(self.question)
 
 
 def load_prompts(spec: str, max_problems: int | None = None) -> list[Prompt]:

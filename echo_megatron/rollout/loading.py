@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from echo_megatron.config import ConfigError
+from echo_megatron.rundir import RunDir
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LoadedPolicy:
 def run_config_path(checkpoint: str) -> str:
     """RUN_DIR/config.yaml for RUN_DIR/checkpoints/iter_NNNNNNN."""
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    path = os.path.join(run_dir, "config.yaml")
+    path = RunDir(run_dir).config
     if not os.path.isfile(path):
         raise ConfigError(
             f"{checkpoint}: no run config at {path} (a checkpoint is read with the config.yaml of its run dir)"

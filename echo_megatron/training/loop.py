@@ -18,10 +18,12 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from echo_megatron.distributed import collectives
 from echo_megatron.rundir import RunDir
 from echo_megatron.training.batches import GlobalBatchSampler
 from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.metrics import MetricsLogger
+from echo_megatron.training.progress import Progress
 from echo_megatron.training.setup import build_train_state
 from echo_megatron.training.step import lm_loss, train_step
 
@@ -38,9 +40,7 @@ class StopSignal:
         self.received = signum
 
     def any_rank(self, device: torch.device) -> bool:
-        t = torch.tensor([1.0 if self.received else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return collectives.any_rank(self.received is not None, device)
 
 
 def resolve_vocab(cfg: DictConfig) -> tuple[int, int]:
@@ -57,7 +57,7 @@ def resolve_vocab(cfg: DictConfig) -> tuple[int, int]:
 def save_config(cfg: DictConfig, run_dir: str) -> None:
     if dist.get_rank() == 0:
         RunDir(run_dir).make()
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"))
+        OmegaConf.save(cfg, RunDir(run_dir).config)
 
 
 def _source_counts(train_ds, start: int, n: int) -> dict[str, float]:
@@ -158,9 +158,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
         if step % cfg.logging.log_interval == 0 or step == t.steps:
             logger.log(step, "pretrain", out)
         maybe_fail("kill_at_step", step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
+        bar.update(1, loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
         want_stop = stop.any_rank(device)
         interval = cfg.checkpoint.save_interval
         if (interval and step % interval == 0) or want_stop or step == t.steps or step == t.exit_after_steps:
@@ -180,8 +178,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
                 f"stopping at step {step} ({'signal' if want_stop else 'exit_after_steps'}); checkpoint saved",
             )
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     logger.close()
     out["step"] = float(step)
     out["rank"] = float(rank)
@@ -190,13 +187,9 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
 
 def _global_param_count(model: list) -> int:
     """Parameters of the whole model (summed over TP and PP ranks; DP replicas counted once)."""
-    from megatron.core import parallel_state as ps
 
     n = sum(count_by_component_total(c) for c in model)
-    t = torch.tensor([float(n)])
-    if dist.get_world_size() > 1:
-        dist.all_reduce(t, group=ps.get_model_parallel_group())
-    return int(t.item())
+    return int(collectives.model_parallel_all_reduce_(torch.tensor([float(n)])).item())
 
 
 def count_by_component_total(chunk) -> int:
@@ -205,12 +198,14 @@ def count_by_component_total(chunk) -> int:
     return count_by_component(chunk)["total"]
 
 
-def _progress(cfg: DictConfig, rank: int, start: int):
-    if rank != 0 or not cfg.logging.progress_bar:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.train.steps, initial=start, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
+def _progress(cfg: DictConfig, rank: int, start: int) -> Progress:
+    return Progress(
+        cfg.train.steps,
+        "pretrain",
+        initial=start,
+        enabled=rank == 0 and cfg.logging.progress_bar,
+        interval_s=cfg.logging.progress_interval_s,
+    )
 
 
 def _say(rank: int, msg: str) -> None:

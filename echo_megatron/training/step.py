@@ -13,7 +13,8 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.distributed as dist
+
+from echo_megatron.distributed import collectives
 
 LossFn = Callable[[dict, torch.Tensor], tuple]
 
@@ -45,7 +46,6 @@ def forward_backward(
     forward_fn: Callable = gpt_forward,
 ) -> dict[str, float]:
     """Run the schedule over ``microbatches``; returns ``{name: token-mean}`` reduced over DP (all ranks)."""
-    from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     device = next(model[0].parameters()).device
@@ -65,30 +65,21 @@ def forward_backward(
         micro_batch_size=mbs,
         forward_only=forward_only,
     )
-    return reduce_reports(reports, device, ps)
+    return reduce_reports(reports, device)
 
 
-def reduce_reports(reports: list[dict], device: torch.device, ps) -> dict[str, float]:
+def reduce_reports(reports: list[dict], device: torch.device) -> dict[str, float]:
     """Sum ``[sum, count]`` pairs over micro-batches and DP; broadcast from the last PP stage."""
-    names = sorted(reports[0].keys()) if reports else []
-    # Every rank must agree on the names: the last stage knows them; broadcast them over the PP group.
-    obj = [names]
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast_object_list(
-            obj, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
-        )
-    names = obj[0]
+    # Every rank must agree on the names: the last stage knows them.
+    names = collectives.pp_broadcast(sorted(reports[0].keys()) if reports else [])
     if not names:
         return {}
     t = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
     for r in reports:
         for i, k in enumerate(names):
             t[i] += r[k].to(torch.float64).to(device)
-    dist.all_reduce(t, group=ps.get_data_parallel_group())
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(
-            t, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
-        )
+    collectives.dp_all_reduce_(t)
+    collectives.pp_broadcast_tensor_(t)
     return {k: (t[i, 0] / t[i, 1].clamp(min=1)).item() for i, k in enumerate(names)}
 
 

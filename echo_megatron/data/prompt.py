@@ -1,0 +1,23 @@
+"""The one prompt template: how a question is put before a solution, in pretraining documents, RL prompts,
+eval prompts and Expert Iteration's SFT documents alike.
+
+    prompt_text(question)              -> question + "\\n\\n"          (what the model is given)
+    document_text(question, solution)  -> prompt_text(question) + solution
+
+A model sees at inference exactly the prefix it saw in pretraining, so the format it continues with is the one
+its pretraining data taught it for that prefix.
+"""
+
+from __future__ import annotations
+
+PROMPT_SEP = "\n\n"
+
+
+def prompt_text(question: str) -> str:
+    """The text a model is given for ``question``."""
+    return question + PROMPT_SEP
+
+
+def document_text(question: str, solution: str) -> str:
+    """A whole training document: the prompt, then the solution as written."""
+    return prompt_text(question) + solution
