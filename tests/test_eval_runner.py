@@ -1,4 +1,4 @@
-"""The eval runner and ``echo-megatron eval``: the gold check of the scoring path (reference solutions as the
+"""The eval run and ``echo-megatron eval``: the gold check of the scoring path (reference solutions as the
 generations), the aggregation of known generations into eval/<task>.json, and the command end to end on a
 freshly pretrained testbed model (1 process; TP = 2 and DP = 2 under torchrun give the same generations)."""
 
@@ -13,16 +13,9 @@ import pytest
 from echo_testing import cli
 
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.eval.runner import (
-    GREEDY,
-    SAMPLED,
-    Completion,
-    Layout,
-    _chunks,
-    evaluate,
-    reference_generator,
-    vote_key,
-)
+from echo_megatron.eval.aggregation import GREEDY, SAMPLED, vote_key
+from echo_megatron.eval.generation import Completion, reference_generator
+from echo_megatron.eval.run import Layout, chunks, evaluate
 from echo_megatron.rewards.formats import FORMATS, SOLUTION_FORMATS
 from echo_megatron.rundir import read_jsonl, read_metrics
 
@@ -187,7 +180,7 @@ def test_aggregation_of_known_generations(testbed_dir, tmp_path):
 
 def test_chunks_deal_every_problem_once_over_dp_replicas():
     for dp in (1, 2, 3):
-        got = [c for r in range(dp) for c in _chunks(11, 3, Layout(dp_rank=r, dp_size=dp))]
+        got = [c for r in range(dp) for c in chunks(11, 3, Layout(dp_rank=r, dp_size=dp))]
         assert sorted(got) == [(0, 3), (3, 6), (6, 9), (9, 11)]
 
 
@@ -265,7 +258,7 @@ def test_eval_command_end_to_end(pretrained, command_run):
 def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, tmp_path):
     """What the RL loop and the demo do: evaluate the model they hold (no reload), then keep training it."""
     from echo_megatron.distributed.init import destroy
-    from echo_megatron.eval.runner import model_generator
+    from echo_megatron.eval.generation import model_generator
     from echo_megatron.rollout.loading import load_policy
 
     policy = load_policy(str(pretrained), EVAL)

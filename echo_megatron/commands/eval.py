@@ -9,7 +9,7 @@ The ``k=v`` overrides apply to the run's own ``config.yaml``, e.g.::
 Writes ``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` under the checkpoint's run dir (or ``--out``)
 and appends a ``phase: eval`` row to its ``metrics.jsonl``; prints one table per task. Under torchrun the world
 is one tensor-parallel group unless ``parallel.tp`` says otherwise (then the problems are split over the
-data-parallel replicas; see echo_megatron/eval/runner.py).
+data-parallel replicas; see echo_megatron/eval/run.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _precheck(path: str, overrides: list[str]):
     """The run config with the overrides, checked before any model is built (cheap, clear errors)."""
     from echo_megatron.checkpoint import find_checkpoint
     from echo_megatron.config import ConfigError, load_config
-    from echo_megatron.eval.runner import check_eval_config, task_path
+    from echo_megatron.eval.run import check_eval_config, task_path
     from echo_megatron.eval.tasks import load_task
     from echo_megatron.rollout.loading import run_config_path
 
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from echo_megatron.distributed.init import destroy
-    from echo_megatron.eval.runner import evaluate, model_generator
+    from echo_megatron.eval.generation import model_generator
+    from echo_megatron.eval.run import evaluate
     from echo_megatron.rollout.loading import load_policy
     from echo_megatron.rundir import RunDir
 
