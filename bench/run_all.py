@@ -156,7 +156,20 @@ def write(results: list[dict], out: Path, quick: bool, gpu_summary: Path | None)
     md += ["", "## Outputs"]
     for r in results:
         md += ["", f"### {r['name']}", "", "```", *r["output"], "```"]
-    out.write_text("\n".join(md) + "\n")
+    out.write_text("\n".join(md) + "\n" + kept_history(out))
+
+
+HISTORY = "## History"
+
+
+def kept_history(path: Path) -> str:
+    """The hand-kept ``## History`` section of an existing results file (measurements of earlier builds),
+    carried over when the figures above it are rewritten."""
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    at = text.find("\n" + HISTORY + "\n")
+    return "\n" + text[at + 1 :] if at >= 0 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
