@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
+import psutil
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
@@ -94,8 +95,6 @@ def gloo_interface(environ: dict[str, str] | None = None) -> str | None:
     """The network interface gloo should use, or None to leave gloo's own choice (single host, or
     GLOO_SOCKET_IFNAME already set): the interface holding the address this host uses to reach the rendezvous
     host (MASTER_ADDR) or, where that is this host itself, another node of the Slurm job."""
-    import psutil
-
     env = os.environ if environ is None else environ
     if env.get("GLOO_SOCKET_IFNAME") or not _multi_host(env):
         return None
