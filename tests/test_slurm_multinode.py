@@ -13,8 +13,9 @@ and these tests submit real jobs across the two nodes through `echo-megatron sub
 Each node's /etc/hosts maps its own name to 127.0.1.1, as Debian/Ubuntu installers and cloud-init do: without
 echo_megatron.distributed.init.gloo_interface every two-node job here fails with "Gloo connectFullMesh failed
 ... remote=[127.0.1.1]". Where the cluster cannot start the tests fail with the reason; they never skip.
-Cost on 2 cores: about 4-5 minutes (one cluster for the module; the one-node references run while Slurm
-holds or waits).
+Cost: about 450 CPU-seconds, 4-5 minutes on 2 idle cores (one cluster for the module; the one-node
+references run beside the Slurm jobs; about a minute is Slurm noticing the lost node and holding requeued
+jobs).
 """
 
 from __future__ import annotations
