@@ -13,12 +13,11 @@ have_slurm() {
     command -v munged >/dev/null
 }
 
-# Install slurm-wlm + munge with apt-get. A policy-rc.d that forbids service starts keeps the packages'
-# maintainer scripts from starting system daemons that the scripts would not know about.
-install_packages() {
-  have_slurm && return 0
-  [ "$(id -u)" -eq 0 ] || die "slurm-wlm and munge are not installed and installing them needs root"
-  command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and there is no apt-get to install them"
+# apt-get install PACKAGES. A policy-rc.d that forbids service starts keeps the packages' maintainer scripts
+# from starting system daemons that the scripts would not know about.
+apt_install() {
+  [ "$(id -u)" -eq 0 ] || die "$* not installed, and installing them needs root"
+  command -v apt-get >/dev/null || die "$* not installed, and there is no apt-get to install them"
   local policy=/usr/sbin/policy-rc.d made_policy=0 log="${TMPDIR:-/tmp}/local_slurm_apt.log"
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy"
@@ -28,10 +27,16 @@ install_packages() {
   local rc=0
   {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
   } >"$log" 2>&1 || rc=$?
   [ "$made_policy" -eq 1 ] && rm -f "$policy"
-  [ "$rc" -eq 0 ] || die "apt-get install slurm-wlm munge failed (log: $log): $(tail -n 3 "$log")"
+  [ "$rc" -eq 0 ] || die "apt-get install $* failed (log: $log): $(tail -n 3 "$log")"
+}
+
+# slurm-wlm + munge, unless they are there.
+install_packages() {
+  have_slurm && return 0
+  apt_install slurm-wlm munge
   have_slurm || die "slurm-wlm installed but slurmctld/slurmd/sbatch/munged are still not on PATH"
 }
 

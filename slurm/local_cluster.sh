@@ -10,10 +10,11 @@
 #   slurm/local_cluster.sh crash DIR NODE     lose NODE: cut its link, SIGKILL everything on it (slurmd, job steps)
 #   slurm/local_cluster.sh revive DIR NODE    bring a crashed NODE back: link up, slurmd started, node idle again
 #
-# Needs root (network namespaces, the daemons) and apt-get for the install step. DIR must be reachable by the
-# `munge` user (the script makes DIR itself mode 755). Environment: LOCAL_CLUSTER_CPUS (CPUs per node, default:
-# nproc), LOCAL_CLUSTER_TIMEOUT (seconds to wait for the nodes, 60), LOCAL_CLUSTER_NET (the /24 to use, e.g.
-# 10.213.7; default: the first 10.213.N.0/24 this machine has no address or route in).
+# Needs root (network namespaces, the daemons) and apt-get for the install step (also of iproute2 if missing).
+# DIR must be reachable by the `munge` user (the script makes DIR itself mode 755). Environment:
+# LOCAL_CLUSTER_CPUS (CPUs per node, default: nproc), LOCAL_CLUSTER_TIMEOUT (seconds to wait for the nodes, 60),
+# LOCAL_CLUSTER_NET (the /24 to use, e.g. 10.213.7; default: the first 10.213.N.0/24 this machine has no
+# address or route in).
 #
 # Network (addresses on a /24 NET that only these namespaces and the host's controller link have; nothing is
 # routed or forwarded anywhere else):
@@ -37,7 +38,7 @@ SCRIPT=local_cluster.sh
 NODES=(node1 node2)
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -238,9 +239,11 @@ wait_nodes() {
 # ---- verbs --------------------------------------------------------------------------------------------
 
 start() {
-  install_packages
   [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces and the Slurm daemons)"
-  { command -v ip && command -v unshare; } >/dev/null || die "needs ip (iproute2) and unshare (util-linux)"
+  install_packages
+  command -v ip >/dev/null || apt_install iproute2
+  { command -v ip && command -v unshare && command -v nsenter; } >/dev/null ||
+    die "needs ip (iproute2), unshare and nsenter (util-linux)"
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd)
   [ ! -e "$DIR/cluster.state" ] || die "$DIR already holds a local cluster (stop it first: $0 stop $DIR)"
