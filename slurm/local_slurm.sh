@@ -11,52 +11,13 @@
 # Environment: LOCAL_SLURM_CPUS (CPUs of the node, default: nproc), LOCAL_SLURM_TIMEOUT (seconds to wait, 60).
 set -euo pipefail
 
-die() {
-  echo "local_slurm.sh: $*" >&2
-  exit 1
-}
+SCRIPT=local_slurm.sh
+# shellcheck source=slurm/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
-}
-
-have_slurm() {
-  command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null &&
-    command -v munged >/dev/null
-}
-
-# Install slurm-wlm + munge with apt-get. A policy-rc.d that forbids service starts keeps the packages'
-# maintainer scripts from starting system daemons that this script would not know about.
-install_packages() {
-  have_slurm && return 0
-  [ "$(id -u)" -eq 0 ] || die "slurm-wlm and munge are not installed and installing them needs root"
-  command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and there is no apt-get to install them"
-  local policy=/usr/sbin/policy-rc.d made_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    made_policy=1
-  fi
-  local rc=0
-  {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge
-  } >"${TMPDIR:-/tmp}/local_slurm_apt.log" 2>&1 || rc=$?
-  [ "$made_policy" -eq 1 ] && rm -f "$policy"
-  [ "$rc" -eq 0 ] || die "apt-get install slurm-wlm munge failed (log: ${TMPDIR:-/tmp}/local_slurm_apt.log): $(tail -n 3 "${TMPDIR:-/tmp}/local_slurm_apt.log")"
-  have_slurm || die "slurm-wlm installed but slurmctld/slurmd/sbatch/munged are still not on PATH"
-}
-
-# Two free TCP ports on 127.0.0.1 (for slurmctld and slurmd), so several local clusters can coexist.
-free_ports() {
-  python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
 }
 
 write_config() {
@@ -97,19 +58,6 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-start_munged() {
-  local dir=$1
-  mkdir -p "$dir/munge"
-  dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none
-  chown -R munge:munge "$dir/munge"
-  chmod 755 "$dir/munge"  # munged wants its socket directory world-executable
-  chmod 400 "$dir/munge/munge.key"
-  runuser -u munge -- test -x "$dir" || die "the munge user cannot enter $dir: choose a directory whose parents are world-executable"
-  runuser -u munge -- munged --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
-    --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed" ||
-    die "munged did not start: $(tail -n 3 "$dir/munge/munged.log" 2>/dev/null)"
-}
-
 wait_idle() {
   local dir=$1 timeout=$2 state=""
   local deadline=$((SECONDS + timeout))
@@ -130,7 +78,7 @@ start() {
   chmod 755 "$dir"
   mkdir -p "$dir/state" "$dir/spool" "$dir/log"
   local ports cpus=${LOCAL_SLURM_CPUS:-$(nproc)}
-  ports=$(free_ports)
+  ports=$(free_ports 2)
   # shellcheck disable=SC2086  # two words on purpose
   write_config "$dir" "$cpus" $ports
   start_munged "$dir"
@@ -140,50 +88,11 @@ start() {
   echo "export SLURM_CONF=$dir/slurm.conf"
 }
 
-# The pid in FILE, if that process is alive and its command line mentions DIR (so it is ours).
-our_pid() {
-  local file=$1 dir=$2 pid
-  [ -s "$file" ] || return 1
-  pid=$(tr -dc '0-9' <"$file")
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir" || return 1
-  echo "$pid"
-}
-
-stop_daemon() {
-  local name=$1 file=$2 dir=$3 pid i
-  pid=$(our_pid "$file" "$dir") || {
-    rm -f "$file"
-    return 0
-  }
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
-    [ -d "/proc/$pid" ] || break
-    [ "$i" -eq 100 ] && {
-      echo "local_slurm.sh: $name ($pid) ignored SIGTERM for 10 s, sending SIGKILL" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    }
-    sleep 0.1
-  done
-  rm -f "$file"
-}
-
 stop() {
   local dir=$1
   [ -d "$dir" ] || die "no such directory: $dir"
   dir=$(cd "$dir" && pwd)
-  if our_pid "$dir/slurmctld.pid" "$dir" >/dev/null; then
-    local jobs=() i
-    mapfile -t jobs < <(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null || true)
-    if [ "${#jobs[@]}" -gt 0 ]; then
-      SLURM_CONF="$dir/slurm.conf" scancel --full "${jobs[@]}" 2>/dev/null || true
-      # shellcheck disable=SC2034  # i counts tries
-      for i in $(seq 1 80); do
-        [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null)" ] && break
-        sleep 0.5
-      done
-    fi
-  fi
+  if our_pid "$dir/slurmctld.pid" "$dir" >/dev/null; then cancel_all_jobs "$dir"; fi
   stop_daemon slurmd "$dir/slurmd.pid" "$dir"
   stop_daemon slurmctld "$dir/slurmctld.pid" "$dir"
   stop_daemon munged "$dir/munge/munged.pid" "$dir"

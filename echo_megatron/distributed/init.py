@@ -6,16 +6,23 @@ Rank, world size and the rendezvous address come from (first match wins):
                host of SLURM_JOB_NODELIST; MASTER_PORT from the environment or 29500 + SLURM_JOB_ID % 10000
   * otherwise: a single process (rank 0 of 1) on a free local port.
 Backend: gloo on CPU, NCCL on GPU (``parallel.backend`` / ``parallel.device`` override).
+
+Across hosts gloo (also megatron's gloo groups next to NCCL) binds to the address its host's name resolves to.
+Where a node's /etc/hosts maps its own name to 127.0.1.1 (as Debian/Ubuntu installers and cloud-init write it)
+that is the loopback, and the other nodes fail with "Gloo connectFullMesh failed ... remote=[127.0.1.1]".
+So a multi-host job without GLOO_SOCKET_IFNAME gets the interface this host uses to reach the others.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
+import psutil
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
@@ -37,7 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _first_slurm_host(nodelist: str) -> str:
+def _slurm_hosts(nodelist: str) -> list[str]:
+    """The host names of a Slurm node list (``node[1-2]`` -> node1, node2)."""
     try:
         out = subprocess.run(
             ["scontrol", "show", "hostnames", nodelist],
@@ -46,9 +54,62 @@ def _first_slurm_host(nodelist: str) -> str:
             check=True,
             timeout=30,
         ).stdout.split()
-        return out[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return nodelist.split(",")[0].split("[")[0]
+        if out:
+            return out
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return [nodelist.split(",")[0].split("[")[0]]
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    return _slurm_hosts(nodelist)[0]
+
+
+def _multi_host(env: dict[str, str]) -> bool:
+    """Whether this job's ranks span several hosts (torchrun: more ranks than on this host; srun: nodes)."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])) < int(env["WORLD_SIZE"])
+    return int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or 1) > 1
+
+
+def _source_address(host: str) -> str | None:
+    """The local address this host sends from to reach ``host`` (a UDP connect sends nothing); None when
+    ``host`` does not resolve or is reached over the loopback (it is this host)."""
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for family, _, _, _, addr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect(addr)
+                src = s.getsockname()[0]
+        except OSError:
+            continue
+        if not ipaddress.ip_address(src.split("%")[0]).is_loopback:
+            return src
+    return None
+
+
+def gloo_interface(environ: dict[str, str] | None = None) -> str | None:
+    """The network interface gloo should use, or None to leave gloo's own choice (single host, or
+    GLOO_SOCKET_IFNAME already set): the interface holding the address this host uses to reach the rendezvous
+    host (MASTER_ADDR) or, where that is this host itself, another node of the Slurm job."""
+    env = os.environ if environ is None else environ
+    if env.get("GLOO_SOCKET_IFNAME") or not _multi_host(env):
+        return None
+    me = env.get("SLURMD_NODENAME") or socket.gethostname()
+    peers = [env["MASTER_ADDR"]] if env.get("MASTER_ADDR") else []
+    if env.get("SLURM_JOB_NODELIST"):
+        peers += [h for h in _slurm_hosts(env["SLURM_JOB_NODELIST"]) if h != me]
+    for peer in peers:
+        src = _source_address(peer)
+        if src is None:
+            continue
+        for name, addrs in psutil.net_if_addrs().items():
+            if any(a.address.split("%")[0] == src for a in addrs):
+                return name
+    return None
 
 
 def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
@@ -106,6 +167,11 @@ def initialize(cfg: DictConfig) -> tuple[DistEnv, torch.device]:
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
+        iface = gloo_interface()
+        if iface:
+            os.environ["GLOO_SOCKET_IFNAME"] = iface  # read when each gloo group is created
+            if env.local_rank == 0:
+                print(f"[echo-megatron] gloo over network interface {iface} (GLOO_SOCKET_IFNAME)", flush=True)
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
         os.environ.setdefault("MASTER_PORT", str(env.master_port))
         dist.init_process_group(
