@@ -34,8 +34,8 @@ from echo_megatron.rundir import RunDir
 from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.loop import StopSignal, _say, save_config
 from echo_megatron.training.metrics import MetricsLogger
-from echo_megatron.training.precision import bf16_generation
-from echo_megatron.training.progress import Progress, pad_width, width_multiple
+from echo_megatron.training.precision import bf16_generation, pad_width, width_multiple
+from echo_megatron.training.progress import Progress
 from echo_megatron.training.setup import (
     attach_schedule_hooks,
     build_model_chunks,
