@@ -456,6 +456,7 @@ def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
     denominator once did."""
     from echo_megatron.config import load_config
     from echo_megatron.rl.algorithms import make_algorithm
+    from echo_megatron.rl.experience import Experience
 
     cfg = load_config(
         "recipes/demo/grpo_testbed.yaml",
@@ -463,16 +464,22 @@ def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
     )
     algo = make_algorithm(cfg)
     b, t, meta = 8, 12, torch.device("meta")
-    exp = {
-        "mask": torch.ones(b, t, device=meta),
-        "old_logp": torch.zeros(b, t, device=meta),
-        "ref_logp": torch.zeros(b, t, device=meta),
-        "old_values": torch.zeros(b, t, device=meta),
-    }
-    algo.advantages(exp, torch.zeros(b, device=meta), group_size=4)
+    ids = torch.zeros(b, t, dtype=torch.long, device=meta)
+    exp = Experience(
+        tokens=ids,
+        labels=ids,
+        mask=torch.ones(b, t, device=meta),
+        position_ids=ids,
+        sampler_logp=torch.zeros(b, t, device=meta),
+        old_logp=torch.zeros(b, t, device=meta),
+        ref_logp=torch.zeros(b, t, device=meta),
+        old_values=torch.zeros(b, t, device=meta),
+    )
+    adv = algo.advantages(exp, torch.zeros(b, device=meta), group_size=4)
+    exp = exp.replace(advantages=adv.advantages, returns=adv.returns)
     logp = torch.zeros(b, t, device=meta)
     num, den, report = algo.policy_loss(exp, logp, torch.zeros(b, t, device=meta))
-    outs = [exp["advantages"], num, den, *report.values()]
+    outs = [exp.advantages, num, den, *report.values()]
     if algo.needs_critic:
-        outs += [exp["returns"], *algo.value_loss(exp, torch.zeros(b, t, device=meta))[:2]]
+        outs += [exp.returns, *algo.value_loss(exp, torch.zeros(b, t, device=meta))[:2]]
     assert all(x.device == meta for x in outs), [x.device for x in outs]
