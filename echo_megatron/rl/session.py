@@ -26,7 +26,7 @@ from echo_megatron.checkpoint import checkpoint_dir, latest_checkpoint, load_che
 from echo_megatron.data.tokenizer import load_tokenizer
 from echo_megatron.distributed import collectives
 from echo_megatron.distributed.init import initialize
-from echo_megatron.rewards import SandboxPool, score
+from echo_megatron.rewards import SandboxPool, ScoreResult, score
 from echo_megatron.rl.base import base_checkpoint
 from echo_megatron.rl.prompts import Prompt, PromptSampler, load_prompts
 from echo_megatron.rollout.backend import Rollout, make_backend
@@ -58,8 +58,8 @@ class Scorer:
         self.cfg = cfg.rewards
         self.pool = SandboxPool.from_config(cfg.rewards) if ps.get_tensor_model_parallel_rank() == 0 else None
 
-    def __call__(self, texts: list[str], answers: list[str]) -> list:
-        """One ``rewards.ScoreResult`` per text, the same on every rank of the TP group."""
+    def __call__(self, texts: list[str], answers: list[str]) -> list[ScoreResult]:
+        """One score per text, the same on every rank of the TP group."""
         mine = None
         if self.pool is not None:
             mine = score(texts, answers, self.cfg.task, self.cfg, self.pool)
@@ -93,7 +93,7 @@ class Samples:
 
     prompt_idx: list[int]
     rollouts: list[Rollout]
-    results: list  # rewards.ScoreResult, one per rollout
+    results: list[ScoreResult]  # one per rollout
     generate_s: float
     score_s: float
 
