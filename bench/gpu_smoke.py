@@ -175,9 +175,9 @@ def _cli(args: list[str], log) -> None:
 def grpo_stage(a: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
 
-    from echo_megatron.commands.rl import inherit_base
     from echo_megatron.config import ConfigError, load_config
     from echo_megatron.distributed.init import destroy
+    from echo_megatron.rl.base import inherit_base
     from echo_megatron.training import precision as P
 
     work = Path(a.workdir)

@@ -6,6 +6,7 @@ RUN_DIR/
   checkpoints/iter_NNNNNNN/ + latest        dist_checkpointing layout; ``latest`` written last
   checkpoints/critic/iter_NNNNNNN/         PPO's critic
   samples/step_NNNNNNN.jsonl               generations with format, answer, reward
+  samples/ei_round_R.jsonl                 Expert Iteration's SFT set after round R (accumulated)
   eval/<task>.json + eval/<task>.generations.jsonl
   tb/                                      TensorBoard events
   wandb_id                                 the W&B run id (a requeued job continues the same W&B run)
@@ -65,6 +66,9 @@ class RunDir:
 
     def samples_file(self, step: int) -> str:
         return os.path.join(self.samples, f"step_{step:07d}.jsonl")
+
+    def ei_round_file(self, rnd: int) -> str:
+        return os.path.join(self.samples, f"ei_round_{rnd}.jsonl")
 
     def eval_file(self, task: str) -> str:
         return os.path.join(self.eval, f"{task}.json")

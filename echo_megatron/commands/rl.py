@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from omegaconf import DictConfig, OmegaConf
-
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
-from echo_megatron.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
 
 
-def inherit_base(cfg: DictConfig) -> DictConfig:
-    """The architecture and tokenizer come from the base run (they must match its weights)."""
-    from echo_megatron.checkpoint import find_checkpoint
-    from echo_megatron.rollout.loading import run_config_path
-
-    if not cfg.rl.base:
-        raise ConfigError("rl.base: the pretrained base (a run dir or checkpoint dir) is required")
-    try:
-        base_cfg = OmegaConf.load(run_config_path(find_checkpoint(cfg.rl.base)))
-    except FileNotFoundError as e:
-        raise ConfigError(f"rl.base: {e}") from e
-    return OmegaConf.merge(cfg, {"model": base_cfg.model, "data": {"tokenizer": base_cfg.data.tokenizer}})
-
-
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.distributed.init import destroy
+    from echo_megatron.rl.base import inherit_base
     from echo_megatron.rl.loop import train_rl
     from echo_megatron.training.precision import check_runtime
 

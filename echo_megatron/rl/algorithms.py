@@ -1,31 +1,32 @@
-"""PPO, GRPO and REINFORCE++-baseline as a few functions over the shared machinery (loop.py).
+"""PPO, GRPO and REINFORCE++-baseline as a few functions over the shared machinery (pg.py).
 
 An algorithm says whether it needs a critic, how its KL term enters (a k1 penalty in the per-token
-reward, or a k3 term in the loss), how sequence scores become per-token advantages, and its policy loss.
-Everything else (rollout, scoring, reference log-probs, micro-batching, the megatron update) is shared.
-The math is in ``functional.py`` (pure functions, tested against hand computations and NeMo-Aligner).
-Statistics that span the batch (advantage whitening) are taken over all data-parallel ranks, so a DP=2
-run equals a DP=1 run. Groups (the ``n`` samples of one prompt) never straddle ranks.
+reward, or a k3 term in the loss), how sequence scores become per-token advantages (returned as
+``Advantages``), and its policy loss. Everything else (rollout, scoring, reference log-probs,
+micro-batching, the megatron update) is shared. The math is in ``functional.py`` (pure functions, tested
+against hand computations and NeMo-Aligner). Statistics that span the batch (advantage whitening) are taken
+over all data-parallel ranks, so a DP=2 run equals a DP=1 run. Groups (the ``n`` samples of one prompt)
+never straddle ranks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 
 from echo_megatron.distributed import collectives
 from echo_megatron.rl import functional as F
+from echo_megatron.rl.experience import Experience
 
 
-def dp_masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``functional.masked_whiten`` with the mean and (biased) variance taken over all DP ranks."""
+@dataclass(frozen=True)
+class Advantages:
+    """Per-token advantages ``[B, T]`` and, for an algorithm with a critic, the critic's targets."""
 
-    v = F.zero_outside(values, mask).double()
-    m = mask.double()
-    stats = collectives.dp_all_reduce_(torch.stack([v.sum(), (v * v).sum(), m.sum()]))
-    mean = stats[0] / stats[2].clamp_min(1)
-    var = stats[1] / stats[2].clamp_min(1) - mean * mean
-    return F.zero_outside(((v - mean) * torch.rsqrt(var.clamp_min(0) + eps)).to(values.dtype), mask)
+    advantages: torch.Tensor
+    returns: torch.Tensor | None = None
 
 
 class Algorithm:
@@ -45,14 +46,14 @@ class Algorithm:
         return self.beta > 0
 
     # -- advantages ------------------------------------------------------------------------------------------
-    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
-        """Fill ``exp['advantages']`` (and ``exp['returns']`` for a critic) from sequence scores ``[B]``."""
+    def advantages(self, exp: Experience, scores: torch.Tensor, group_size: int) -> Advantages:
+        """Per-token advantages (and returns, for a critic) from sequence scores ``[B]``."""
         raise NotImplementedError
 
-    def _reward_kl(self, exp: dict) -> torch.Tensor | None:
+    def _reward_kl(self, exp: Experience) -> torch.Tensor | None:
         if not (self.kl_in_reward and self.beta > 0):
             return None
-        return F.kl_estimate(exp["old_logp"], exp["ref_logp"], self.kl_estimator)
+        return F.kl_estimate(exp.old_logp, exp.ref_logp, self.kl_estimator)
 
     # -- losses ----------------------------------------------------------------------------------------------
     def _agg(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,14 +72,14 @@ class Algorithm:
             return mask.sum().to(torch.int)
         return torch.tensor(mask.shape[0], dtype=torch.int, device=mask.device)
 
-    def policy_loss(self, mb: dict, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
+    def policy_loss(self, mb: Experience, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
         """megatron per-token-loss triple: (numerator, denominator, {name: [sum, count]})."""
-        mask = mb["mask"]
+        mask = mb.mask
         tokens = mask.sum()
         num, stats = F.ppo_clip_loss(
             logp,
-            mb["old_logp"],
-            mb["advantages"],
+            mb.old_logp,
+            mb.advantages,
             mask,
             self.rl.ratio_eps,
             agg=self.rl.loss_agg,
@@ -93,8 +94,8 @@ class Algorithm:
             "ratio": stats["ratio"] * tokens,
             "entropy": F.masked_sum(entropy.detach(), mask),
         }
-        if "ref_logp" in mb:
-            k = F.kl_estimate(logp, mb["ref_logp"], self.kl_estimator)
+        if mb.ref_logp is not None:
+            k = F.kl_estimate(logp, mb.ref_logp, self.kl_estimator)
             report["kl"] = F.masked_sum(k.detach(), mask)
             if not self.kl_in_reward and self.beta > 0:
                 num = num + self.beta * self._agg(k, mask)
@@ -113,9 +114,9 @@ class GRPO(Algorithm):
 
     name = "grpo"
 
-    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
+    def advantages(self, exp: Experience, scores: torch.Tensor, group_size: int) -> Advantages:
         a = F.grpo_advantages(scores, group_size, eps=self.rl.adv_eps, scale_by_std=self.rl.grpo_scale_by_std)
-        exp["advantages"] = a[:, None] * exp["mask"]
+        return Advantages(a[:, None] * exp.mask)
 
 
 class ReinforcePP(Algorithm):
@@ -124,11 +125,17 @@ class ReinforcePP(Algorithm):
     name = "reinforce_pp"
     kl_in_reward = True
 
-    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
-        mean, _ = F.group_mean_std(scores, group_size)
-        rewards = F.ppo_token_rewards(scores - mean, self._reward_kl(exp), exp["mask"], self.beta)
-        returns = F.discounted_returns(rewards, exp["mask"], self.rl.discount_factor)
-        exp["advantages"] = dp_masked_whiten(returns, exp["mask"])
+    def advantages(self, exp: Experience, scores: torch.Tensor, group_size: int) -> Advantages:
+        adv = F.reinforce_pp_baseline_advantages(
+            scores,
+            group_size,
+            exp.mask,
+            self._reward_kl(exp),
+            self.beta,
+            self.rl.discount_factor,
+            all_reduce_=collectives.dp_all_reduce_,
+        )
+        return Advantages(adv)
 
 
 class PPO(Algorithm):
@@ -138,20 +145,21 @@ class PPO(Algorithm):
     needs_critic = True
     kl_in_reward = True
 
-    def advantages(self, exp: dict, scores: torch.Tensor, group_size: int) -> None:
-        rewards = F.ppo_token_rewards(scores, self._reward_kl(exp), exp["mask"], self.beta)
+    def advantages(self, exp: Experience, scores: torch.Tensor, group_size: int) -> Advantages:
+        rewards = F.ppo_token_rewards(scores, self._reward_kl(exp), exp.mask, self.beta)
         adv, ret = F.gae_advantages_and_returns(
-            rewards, exp["old_values"], exp["mask"], self.rl.discount_factor, self.rl.gae_lambda
+            rewards, exp.old_values, exp.mask, self.rl.discount_factor, self.rl.gae_lambda
         )
-        exp["returns"] = ret
-        exp["advantages"] = dp_masked_whiten(adv, exp["mask"]) if self.rl.normalize_advantages else adv
+        if self.rl.normalize_advantages:
+            adv = F.masked_whiten(adv, exp.mask, all_reduce_=collectives.dp_all_reduce_)
+        return Advantages(adv, ret)
 
-    def value_loss(self, mb: dict, values: torch.Tensor) -> tuple:
-        mask = mb["mask"]
+    def value_loss(self, mb: Experience, values: torch.Tensor) -> tuple:
+        mask = mb.mask
         loss, stats = F.clipped_value_loss(
             values,
-            mb["old_values"],
-            mb["returns"],
+            mb.old_values,
+            mb.returns,
             mask,
             self.rl.loss_clip_val,
             agg="token_mean",

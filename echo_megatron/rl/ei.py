@@ -1,26 +1,48 @@
-"""Expert Iteration bookkeeping: from best-of-n samples to the SFT set of the next round (pure, no model).
+"""Expert Iteration: rounds of best-of-n sampling, correct-only filtering, dedup, and SFT.
 
 One EI round (Anthony et al. 2017, "Thinking Fast and Slow with Deep Learning and Tree Search"; for LLM math,
 e.g. Havrilla et al. 2024, "Teaching Large Language Models to Reason with Reinforcement Learning", arXiv
-2403.04642): sample n solutions per training question, keep the correct ones,
-remove duplicates per question, fine-tune on what is left. This module does the keep / dedup / count part:
+2403.04642): sample n solutions per training question, keep the correct ones, remove duplicates per question,
+fine-tune on what is left.
+
+The bookkeeping is pure (no model): from best-of-n samples to the SFT set of the next round,
 
     kept, stats = select_for_sft(samples, max_per_question=None)
     documents = sft_documents(kept)          # question + "\\n\\n" + solution, the pretraining document form
 
 Duplicates are judged on ``normalize_solution`` text (whitespace and Unicode-compatibility differences ignored,
 case kept); the first occurrence in input order is the one kept, so a fixed sampling order gives a fixed set.
+
+``ei_round`` runs round r on the RL session: sample ``rl.ei_samples`` solutions for each of
+``rl.num_rollout_samples`` training questions from the current policy at ``rl.ei_temperature`` /
+``rl.ei_top_p``; add the verified-correct, deduplicated ones to those of earlier rounds; then fine-tune on
+``question + "\\n\\n" + solution`` with the loss on the solution (and EOD) only, for ``rl.ei_sft_epochs``
+epochs at ``rl.ei_sft_lr`` with global batch ``rl.ei_sft_batch``, starting from the base (``rl.ei_from_base``,
+as in the paper) or from the current policy. The SFT step is the pretraining step machinery
+(``training.step.train_step`` with the LM loss). A round's SFT set is written to ``samples/ei_round_R.jsonl``;
+a resumed run continues after the last saved round with the same accumulated set.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from echo_megatron.data.prompt import document_text
+import torch
+from megatron.core import parallel_state as ps
+
+from echo_megatron.checkpoint import load_checkpoint
+from echo_megatron.data.prompt import document_text, prompt_text
+from echo_megatron.distributed import collectives
 from echo_megatron.rewards.formats import FORMATS, OTHER
+from echo_megatron.rl.session import RLSession, build_trainable
+from echo_megatron.rundir import RunDir
+from echo_megatron.training.loop import _say
+from echo_megatron.training.step import lm_loss, train_step
 
 _SPACES = re.compile(r"[ \t\f\v]+")
 
@@ -140,3 +162,117 @@ def select_for_sft(
 def sft_documents(samples: Iterable[EISample]) -> list[str]:
     """Training documents ``question + "\\n\\n" + solution`` (the solution as generated, not normalised)."""
     return [document_text(s.question, s.solution) for s in samples]
+
+
+# -- the round on the RL session ---------------------------------------------------------------------------------
+
+
+def load_kept(run: RunDir, rnd: int) -> list[EISample]:
+    """The SFT set saved after round ``rnd`` (none before round 1)."""
+    if rnd == 0:
+        return []
+    with open(run.ei_round_file(rnd), encoding="utf-8") as f:
+        return [EISample(**json.loads(line)) for line in f if line.strip()]
+
+
+def save_kept(session: RLSession, rnd: int, kept: list[EISample]) -> None:
+    """Rank 0 writes the SFT set of round ``rnd``; every rank waits for it."""
+    if session.rank == 0:
+        with open(session.run.ei_round_file(rnd), "w", encoding="utf-8") as f:
+            for s in kept:
+                f.write(json.dumps(asdict(s)) + "\n")
+    collectives.barrier()
+
+
+def sft_rows(tok, samples: list[EISample], seq_length: int) -> list[dict[str, torch.Tensor]]:
+    """One document per row from position 0, padded; loss on the solution and its EOD only."""
+    rows = []
+    for s in samples:
+        q = tok.encode(prompt_text(s.question))
+        a = tok.encode(s.solution) + [tok.eod]
+        ids = (q + a)[: seq_length + 1]
+        tokens = torch.full((seq_length + 1,), tok.pad, dtype=torch.long)
+        tokens[: len(ids)] = torch.tensor(ids)
+        loss_mask = torch.zeros(seq_length, dtype=torch.float32)
+        loss_mask[max(len(q) - 1, 0) : len(ids) - 1] = 1.0
+        rows.append(
+            {
+                "tokens": tokens[:-1],
+                "labels": tokens[1:],
+                "loss_mask": loss_mask,
+                "position_ids": torch.arange(seq_length),
+            }
+        )
+    return rows
+
+
+def sample_round(session: RLSession, rnd: int) -> tuple[list[EISample], dict[str, float]]:
+    """Best-of-n samples of this round's questions, scored and gathered over DP (the same on every rank)."""
+    rl = session.cfg.rl
+    samples = session.sample(rnd, n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p)
+    t0 = time.perf_counter()
+    rows = session.write_samples(rnd, samples)
+    solutions = [
+        EISample(r["question"], r["completion"] or "", bool(r["correct"]), r["format"]) for r in rows
+    ]
+    lengths = [len(r.response_ids) for r in samples.rollouts]
+    return solutions, {
+        "time/generate": samples.generate_s,
+        "time/score": samples.score_s + time.perf_counter() - t0,
+        "response_len": sum(lengths) / max(1, len(lengths)),
+    }
+
+
+def sft(session: RLSession, kept: list[EISample], rnd: int) -> dict[str, float]:
+    """Fine-tune the policy on ``kept`` under a new optimizer and schedule (saved with the round)."""
+    cfg, rl = session.cfg, session.cfg.rl
+    chunks = session.policy.chunks
+    if rl.ei_from_base:
+        load_checkpoint(session.base(), chunks, load_rng=False)
+    rows = sft_rows(session.tok, kept, cfg.model.seq_length)
+    gbs = min(rl.ei_sft_batch, len(rows))
+    steps_per_epoch = max(1, len(rows) // gbs)
+    policy = build_trainable(cfg, chunks, rl.ei_sft_lr, rl.ei_sft_epochs * steps_per_epoch)
+    session.policy = policy
+    dp, r = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    mbs_size = rl.micro_batch_size
+    g = torch.Generator().manual_seed(rl.seed * 7919 + rnd)
+    losses = []
+    for _ in range(rl.ei_sft_epochs):
+        order = torch.randperm(len(rows), generator=g).tolist()
+        for s in range(steps_per_epoch):
+            batch = [rows[i] for i in order[s * gbs : (s + 1) * gbs]]
+            mine = batch[r * len(batch) // dp : (r + 1) * len(batch) // dp]
+            mbs = [
+                {k: torch.stack([x[k] for x in mine[j : j + mbs_size]]) for k in mine[0]}
+                for j in range(0, len(mine), mbs_size)
+            ]
+            out = train_step(chunks, policy.optimizer, policy.scheduler, mbs, lm_loss, cfg.model.seq_length)
+            losses.append(out["loss"])
+    return {
+        "sft_loss_first": losses[0],
+        "sft_loss_last": losses[-1],
+        "sft_steps": float(len(losses)),
+        "sft_docs": float(len(rows)),
+    }
+
+
+def ei_round(session: RLSession, kept: list[EISample], rnd: int) -> tuple[list[EISample], dict[str, float]]:
+    """Round ``rnd``: sample, add the new correct solutions to ``kept``, fine-tune; the new set and metrics."""
+    rl = session.cfg.rl
+    samples, timing = sample_round(session, rnd)
+    new, stats = select_for_sft(samples, rl.ei_max_per_question)
+    kept = select_for_sft(kept + new, rl.ei_max_per_question)[0]
+    out = {**stats.metrics(), **timing, "ei/total_kept": float(len(kept))}
+    if not kept:
+        _say(session.rank, f"EI round {rnd}: no correct sample yet; nothing to fine-tune on")
+    else:
+        t0 = time.perf_counter()
+        out.update(sft(session, kept, rnd))
+        out["time/train"] = time.perf_counter() - t0
+    save_kept(session, rnd, kept)
+    _say(
+        session.rank,
+        f"EI round {rnd}/{session.steps}: accuracy {out['accuracy']:.3f}, kept {len(kept)} solutions",
+    )
+    return kept, out

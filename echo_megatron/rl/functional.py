@@ -17,6 +17,8 @@ tests/test_rl_nemo_aligner_conformance.py (noted as "NeMo-Aligner:" below).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "abs", "k2", "k3")
@@ -60,41 +62,33 @@ def masked_mean(
     return masked_sum(values, mask, dim, keepdim) / count.clamp_min(1.0)
 
 
-def masked_var(
+def masked_whiten(
     values: torch.Tensor,
     mask: torch.Tensor,
-    dim: int | None = None,
-    keepdim: bool = False,
-    unbiased: bool = False,
-) -> torch.Tensor:
-    """var = sum_i m_i (x_i - mean)^2 / (n - 1 if unbiased else n), n = sum_i m_i.
-
-    The biased (population) form is NeMo-Aligner's ``masked_global_mean_var``; ``unbiased=True`` is Bessel's
-    correction, as ``torch.std``. Where n <= 1 (n = 0 for biased) the variance is 0, not NaN.
-    """
-    values = zero_outside(values, mask)
-    mean = masked_mean(values, mask, dim, keepdim=True)
-    squares = masked_sum((values - mean) ** 2, mask, dim, keepdim)
-    count = masked_count(mask, dim, keepdim).to(values.dtype)
-    denom = count - 1.0 if unbiased else count
-    return torch.where(denom > 0, squares / denom.clamp_min(1.0), torch.zeros_like(squares))
-
-
-def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    all_reduce_: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Whitening over all unmasked positions: (x - mean) / sqrt(var + eps), biased var; 0 outside the mask.
 
-    With ``shift_mean=False`` the mean is added back (only the scale changes). NeMo-Aligner:
-    ``utils/distributed.py::normalize_tensor`` (its ``trainer.ppo.normalize_advantages``) on one process.
+    From the sums S1 = sum_i m_i x_i, S2 = sum_i m_i x_i^2, N = sum_i m_i in float64: mean = S1 / N,
+    var = S2 / N - mean^2. ``all_reduce_`` (an in-place sum over processes, e.g. the data-parallel one) sums
+    (S1, S2, N) first, so every process whitens with the statistics of the whole batch and a batch split
+    over ranks gets the values of the unsplit batch. With ``shift_mean=False`` the mean is added back (only
+    the scale changes). NeMo-Aligner: ``utils/distributed.py::normalize_tensor`` (its
+    ``trainer.ppo.normalize_advantages``, all-reduced over data parallel).
     """
-    values = zero_outside(values, mask)
-    mean = masked_mean(values, mask)
-    var = masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + eps)
+    v = zero_outside(values, mask).double()
+    m = mask.double()
+    stats = torch.stack([v.sum(), (v * v).sum(), m.sum()])
+    if all_reduce_ is not None:
+        stats = all_reduce_(stats)
+    mean = stats[0] / stats[2].clamp_min(1)
+    var = stats[1] / stats[2].clamp_min(1) - mean * mean
+    whitened = (v - mean) * torch.rsqrt(var.clamp_min(0) + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return zero_outside(whitened, mask)
+    return zero_outside(whitened.to(values.dtype), mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,26 +161,6 @@ def grpo_advantages(
     if not scale_by_std:
         return centred
     return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
-
-
-def rloo_baseline(
-    scores: torch.Tensor, groups: torch.Tensor | int, valid: torch.Tensor | None = None
-) -> torch.Tensor:
-    """REINFORCE leave-one-out baseline b_i = (sum_{j in g(i), valid} r_j - v_i r_i) / (N_g - 1), ``[B]``.
-
-    Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
-    Feedback in LLMs" (arXiv 2402.14740), eq. (RLOO): the baseline of sample i is the mean reward of the other
-    valid samples of its prompt; the advantage is r_i - b_i. ``valid`` (``[B]``, 1 = counted, e.g. the response
-    ended) drops samples from the others' baselines; N_g counts the valid samples. A group with N_g <= 1 gets
-    b_i = r_i (advantage 0). NeMo-Aligner: ``calculate_rloo_baseline(prompts, reward, mask)`` with groups = the
-    unique prompt rows, equal on every entry including invalid ones.
-    """
-    index = group_index(groups, scores.numel(), scores.device)
-    v = torch.ones_like(scores) if valid is None else valid.to(scores.dtype)
-    sums, counts = group_sum_count(scores, index, v)
-    own = torch.where(v > 0, scores, torch.zeros_like(scores)) * v
-    loo = (sums - own) / (counts - 1.0).clamp_min(1.0)
-    return torch.where(counts > 1, loo, scores)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +256,7 @@ def reinforce_pp_baseline_advantages(
     kl_coef: float = 0.0,
     gamma: float = 1.0,
     eps: float = 1e-8,
+    all_reduce_: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """REINFORCE++-baseline token advantages, ``[B, T]``.
 
@@ -289,11 +264,12 @@ def reinforce_pp_baseline_advantages(
     (arXiv 2501.03262): subtract the group mean from each score, r'_i = r_i - mean_g(r) (no std division),
     form per-token returns G_t of r' with the optional per-token KL penalty (``ppo_token_rewards`` then
     ``discounted_returns``), then normalise over the whole batch: A = (G - mean_batch(G)) / sqrt(var_batch(G)
-    + eps) over all unmasked tokens (``masked_whiten``).
+    + eps) over all unmasked tokens (``masked_whiten``; ``all_reduce_`` makes the batch span processes).
     """
     mean, _ = group_mean_std(scores, groups)
     token_rewards = ppo_token_rewards(scores - mean, kl, mask, kl_coef)
-    return masked_whiten(discounted_returns(token_rewards, mask, gamma), mask, eps=eps)
+    returns = discounted_returns(token_rewards, mask, gamma)
+    return masked_whiten(returns, mask, eps=eps, all_reduce_=all_reduce_)
 
 
 # ---------------------------------------------------------------------------------------------------------------

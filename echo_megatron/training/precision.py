@@ -20,7 +20,7 @@ unchanged. What an FP8 run still needs is here:
    bf16. :func:`fp8_context` refuses instead.
 3. FP8 GEMM shapes. TE's FP8 linears need the token count of a GEMM (sequence x micro-batch rows) to be a
    multiple of 16 and the feature sizes multiples of 16. Pretraining batches (2,048 tokens per row) satisfy
-   it; RL experience batches are as wide as their longest rollout: :func:`pad_width`.
+   it; RL experience batches are as wide as their longest rollout: :func:`width_multiple` (``Experience.pad_to``).
 4. Generation in bf16. The KV-cache sampler (rollout/kv_cache.py) calls each layer's modules directly, never
    ``TransformerBlock.forward``, so it runs outside any FP8 region and TE's linears use their bf16 GEMMs on
    the same bf16 weights. :func:`bf16_generation` makes that explicit for a caller that is inside an FP8
@@ -200,31 +200,6 @@ def generation_overrides(precision: str) -> list[str]:
 def width_multiple(cfg: Any) -> int:
     """The multiple RL experience batches are padded to: ``FP8_ALIGN`` for FP8 runs, else 1."""
     return FP8_ALIGN if cfg.train.precision == "fp8" else 1
-
-
-def pad_width(batch: dict[str, torch.Tensor], multiple: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad every ``[rows, width]`` tensor of an experience batch to a width that is a multiple of ``multiple``.
-
-    ``tokens`` / ``labels`` get ``pad_id``, ``position_ids`` keep counting, every other tensor (masks,
-    log-probs, values, advantages) gets 0, so padded positions are never loss tokens. With causal attention
-    a right pad changes no earlier position's output.
-    """
-    width = batch["tokens"].shape[1]
-    extra = -width % multiple
-    if extra == 0:
-        return batch
-    out = {}
-    for key, t in batch.items():
-        if not torch.is_tensor(t) or t.dim() != 2 or t.shape[1] != width:
-            out[key] = t
-            continue
-        if key == "position_ids":
-            tail = t[:, -1:] + torch.arange(1, extra + 1, dtype=t.dtype, device=t.device)
-        else:
-            fill = pad_id if key in ("tokens", "labels") else 0
-            tail = torch.full((t.shape[0], extra), fill, dtype=t.dtype, device=t.device)
-        out[key] = torch.cat([t, tail], dim=1)
-    return out
 
 
 def check_runtime(cfg: Any) -> tuple[str, str]:

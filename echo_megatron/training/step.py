@@ -1,6 +1,7 @@
 """One optimizer step through megatron's pipeline schedules, shared by pretraining, SFT and RL.
 
-A *loss function* maps (micro-batch, per-token output of the model) to
+A micro-batch is a dict of tensors (pretraining, SFT) or a typed batch with ``tokens`` and ``to(device)``
+(RL's ``Experience``). A *loss function* maps (micro-batch, per-token output of the model) to
 ``(loss_sum, num_tokens, {name: tensor([sum, count])})``: megatron's per-token-loss convention
 (``calculate_per_token_loss``), under which gradients are divided by the number of loss tokens of the
 whole global batch across data-parallel ranks and micro-batches. The step's reported values are the
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 
 from echo_megatron.distributed import collectives
 
-LossFn = Callable[[dict, torch.Tensor], tuple]
+LossFn = Callable[[Any, torch.Tensor], tuple]
 
 
 def lm_loss(batch: dict, per_token_loss: torch.Tensor) -> tuple:
@@ -32,14 +34,21 @@ def gpt_forward(model, batch: dict) -> torch.Tensor:
     return model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device`` (other values as they are)."""
+def to_device(batch: Any, device: torch.device) -> Any:
+    """The batch's tensors on ``device``: a dict's (other values as they are), or a typed batch's ``to``."""
+    if not isinstance(batch, dict):
+        return batch.to(device)
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def batch_rows(batch: Any) -> int:
+    """The number of sequences in a micro-batch."""
+    return (batch["tokens"] if isinstance(batch, dict) else batch.tokens).shape[0]
 
 
 def forward_backward(
     model: list,
-    microbatches: list[dict],
+    microbatches: list,
     loss_fn: LossFn,
     seq_length: int,
     forward_only: bool = False,
@@ -55,7 +64,7 @@ def forward_backward(
         return forward_fn(chunk, batch), partial(loss_fn, batch)
 
     iters = [iter(microbatches) for _ in model] if len(model) > 1 else iter(microbatches)
-    mbs = microbatches[0]["tokens"].shape[0]
+    mbs = batch_rows(microbatches[0])
     reports = get_forward_backward_func()(
         forward_step_func=step_fn,
         data_iterator=iters,
@@ -87,7 +96,7 @@ def train_step(
     model: list,
     optimizer,
     scheduler,
-    microbatches: list[dict],
+    microbatches: list,
     loss_fn: LossFn,
     seq_length: int,
     forward_fn: Callable = gpt_forward,
