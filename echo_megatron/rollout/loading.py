@@ -54,7 +54,7 @@ def inference_overrides(tp: int, device: str | None = None, trained_in: str = "f
     A run trained in FP8 generates in bf16 on a GPU (same TE layers and weights, no FP8 recipe); on a CPU every
     run loads in fp32 with the local spec.
     """
-    from echo_megatron.training.precision import generation_overrides
+    from echo_megatron.model.precision import generation_overrides
 
     on_gpu = torch.cuda.is_available() and device != "cpu"
     out = [
