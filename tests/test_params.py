@@ -45,3 +45,19 @@ def test_params_command_prints_components():
     )
     assert r.returncode == 0, r.stderr
     assert "1.14B" in r.stdout and "attention" in r.stdout
+
+
+def test_params_counts_the_vocabulary_the_recipe_trains(data_dir, tmp_path, monkeypatch, capsys):
+    """A recipe with data.tokenizer.path is counted with its tokenizer's vocabulary (OLMo-1's 50,280 tokens,
+    50,304 rows), not model.vocab_size; when its tokenizer cannot be loaded here the fallback is said."""
+    from echo_megatron.cli import main
+
+    monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(data_dir / "tokenizers"))
+    assert main(["params", "recipes/paper/150m_tg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab=50280 (padded 50304; from tokenizer allenai/gpt-neox-olmo-dolma-v1_5)" in out
+    embedding = next(line for line in out.splitlines() if line.strip().startswith("embedding"))
+    assert f"{50304 * 768:,}" in embedding
+    assert main(["params", "recipes/paper/150m_tg.yaml", f"data.tokenizer.path={tmp_path}"]) == 0  # no JSON
+    out = capsys.readouterr().out
+    assert f"vocab=32000 (padded 32000; from model.vocab_size (tokenizer {tmp_path} not found here))" in out

@@ -197,7 +197,7 @@ def export_hf(checkpoint: str, out_dir: str, dtype: str = "float32", overrides: 
         raise ConfigError(f"export-hf: --dtype must be float32, bfloat16 or float16, not {dtype}")
     hf_architecture(load_config(run_config_path(find_checkpoint(checkpoint)), list(overrides)).model)
     policy = load_policy(checkpoint, [*overrides, "parallel.sequence_parallel=false"], tp=1)
-    hf = build_hf_model(policy.model, policy.cfg.model, policy.eod_id, policy.pad_id, torch_dtype)
+    hf = build_hf_model(policy.model, policy.cfg.model, policy.vocab.eod, policy.vocab.pad, torch_dtype)
     os.makedirs(out_dir, exist_ok=True)
     hf.save_pretrained(out_dir, safe_serialization=True)
     if policy.tokenizer is not None:

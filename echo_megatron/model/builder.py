@@ -20,17 +20,7 @@ from omegaconf import DictConfig
 from echo_megatron.config import ConfigError
 from echo_megatron.model.precision import fp8_transformer_kwargs
 from echo_megatron.model.runtime import Runtime, resolve_runtime
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Round the vocabulary up to a multiple of ``divisible_by`` (times ``tp`` only when ``tp`` does not divide it).
-
-    Megatron-LM always pads to ``divisible_by * tp``, so the same model has a different padded vocabulary at
-    TP=1 and TP=2 and its embedding rows do not reshard exactly. With ``divisible_by`` a multiple of the TP
-    size (128 and TP 1/2/4/8), ours is the same at every layout.
-    """
-    multiple = divisible_by if divisible_by % tp == 0 else divisible_by * tp
-    return ((vocab_size + multiple - 1) // multiple) * multiple
+from echo_megatron.model.vocab import padded_vocab_size
 
 
 def truncated_normal_init(std: float):
@@ -136,7 +126,7 @@ def build_model(
 ):
     """A megatron ``GPTModel`` for this rank's pipeline stage (unwrapped, on the CPU until moved).
 
-    ``vocab_size``: the tokenizer's (padded here, :func:`padded_vocab_size`). ``for_ddp``: it will be wrapped
+    ``vocab_size``: the tokenizer's (padded here, ``model.vocab.padded_vocab_size``). ``for_ddp``: it will be wrapped
     in megatron DDP and trained (see :func:`transformer_config`). ``runtime``: resolved here when not given."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
