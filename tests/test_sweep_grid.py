@@ -8,9 +8,9 @@ import os
 import pytest
 
 from echo_megatron.cli import main
-from echo_megatron.cluster.pipeline import _yaml_scalar
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.report.sweep import expand, load_grid, missing_bases
+from echo_megatron.config.loader import dotlist_value as _yaml_scalar
+from echo_megatron.config.sweep import expand, load_grid, missing_bases
 
 GRID = """
 name: tiny

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from echo_megatron.config.presets import SUGGESTED_PARALLEL
 from echo_megatron.model.vocab import padded_vocab_size, resolve_vocab
 
 GIB = 1024**3
@@ -376,8 +377,6 @@ def _memory_block(cfg: DictConfig, lay: Layout, title: str, vocab: int) -> list[
 
 def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") -> str:
     """The text ``echo-megatron plan`` prints."""
-    from echo_megatron.model.presets import SUGGESTED_PARALLEL
-
     m, t, c = cfg.model, cfg.train, cfg.cluster
     lay = layout_of(cfg, nodes, gpus_per_node)
     vocab = resolve_vocab(cfg, lay.tp, missing_ok=True)

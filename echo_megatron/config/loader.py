@@ -11,9 +11,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from echo_megatron.config.presets import PRESETS
 from echo_megatron.config.schema import ExperimentConfig
 from echo_megatron.errors import UserError
 
@@ -74,8 +76,6 @@ def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
 
 
 def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) -> tuple[str, dict]:
-    from echo_megatron.model.presets import PRESETS
-
     name = OmegaConf.select(overrides, "model.preset", default=None)
     for _, cfg in reversed(chain):  # the command line, then the most derived recipe, wins
         name = OmegaConf.select(cfg, "model.preset", default=None) if name is None else name
@@ -84,6 +84,20 @@ def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) ->
     if name not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset '{name}' (known: {', '.join(PRESETS)})")
     return name, {"model": PRESETS[name]}
+
+
+def dotlist_value(v: Any) -> str:
+    """A value as OmegaConf's dotlist parser reads it back in a ``key=value`` override (lists and dicts in flow
+    style; a string YAML would read as something else is quoted)."""
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True).strip()
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) and yaml.safe_load(v) != v:  # "12:00:00" would read back as the int 43200
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
 
 
 def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig:

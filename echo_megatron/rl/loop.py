@@ -26,13 +26,13 @@ from echo_megatron.checkpoint import (
     save_checkpoint,
 )
 from echo_megatron.distributed import collectives
+from echo_megatron.faults import maybe_fail
 from echo_megatron.model.precision import bf16_generation, pad_width, width_multiple
 from echo_megatron.rl.algorithms import Algorithm, make_algorithm
 from echo_megatron.rl.experience import build_experience, split_rows
 from echo_megatron.rl.forward import collect, policy_logits, token_entropy, token_logprobs
 from echo_megatron.rl.prompts import PromptSampler, load_prompts
 from echo_megatron.rundir import RunDir
-from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.loop import StopSignal, _say, save_config
 from echo_megatron.training.metrics import MetricsLogger
 from echo_megatron.training.progress import Progress

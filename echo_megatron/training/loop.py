@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.distributed import collectives
+from echo_megatron.faults import maybe_fail
 from echo_megatron.model.runtime import resolve_runtime
 from echo_megatron.model.vocab import Vocab, resolve_vocab
 from echo_megatron.rundir import RunDir
 from echo_megatron.training.batches import GlobalBatchSampler
-from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.metrics import MetricsLogger
 from echo_megatron.training.progress import Progress
 from echo_megatron.training.setup import build_train_state

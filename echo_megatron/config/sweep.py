@@ -26,15 +26,15 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from echo_megatron.config import ConfigError, ExperimentConfig, load_config
+from echo_megatron.config.loader import ConfigError, dotlist_value, load_config
+from echo_megatron.config.schema import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,10 @@ class SweepRun:
             **self.fixed,
             **self.overrides,
         }
+
+    def override_args(self) -> list[str]:
+        """:meth:`all_overrides` as ``key=value`` strings for ``load_config(self.base, ...)``."""
+        return [f"{k}={dotlist_value(v)}" for k, v in self.all_overrides().items()]
 
 
 # ---- loading -----------------------------------------------------------------------------------------
@@ -300,30 +304,3 @@ def write_recipes(grid: Grid, runs: list[SweepRun], out_dir: str, validate: bool
     with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
     return paths
-
-
-# ---- cost hook ---------------------------------------------------------------------------------------
-
-CostFn = Callable[[DictConfig], float]
-
-
-def cost_estimator() -> CostFn | None:
-    """The planner's ``echo_megatron.cluster.plan.estimate_gpu_hours(cfg) -> float`` when it exists.
-
-    This module never invents a cost: without the planner, dry runs say the cost is unavailable.
-    """
-    try:
-        from echo_megatron.cluster.plan import estimate_gpu_hours  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return estimate_gpu_hours
-
-
-def run_cost(run: SweepRun, estimator: CostFn | None) -> float | None:
-    """GPU-hours of one run from the planner, or None (no planner, or its base recipe is missing)."""
-    if estimator is None or (run.base and not os.path.isfile(run.base)):
-        return None
-    from echo_megatron.cluster.pipeline import _yaml_scalar
-
-    lines = [f"{k}={_yaml_scalar(v)}" for k, v in run.all_overrides().items()]
-    return float(estimator(load_config(run.base, lines)))
