@@ -370,5 +370,5 @@ def _task(
         cfg = load_config(recipe, overrides)
     except ConfigError as e:
         raise ConfigError(f"{where}{f' task {index} ({label})' if label else ''}: {e}") from e
-    cfg.run_dir = os.path.abspath(run_dir or cfg.run_dir)
+    cfg = OmegaConf.merge(cfg, {"run_dir": os.path.abspath(run_dir or cfg.run_dir)})
     return Task(index, label, cfg.run_dir, overrides, cfg)
