@@ -61,3 +61,30 @@ def test_params_counts_the_vocabulary_the_recipe_trains(data_dir, tmp_path, monk
     assert main(["params", "recipes/paper/150m_tg.yaml", f"data.tokenizer.path={tmp_path}"]) == 0  # no JSON
     out = capsys.readouterr().out
     assert f"vocab=32000 (padded 32000; from model.vocab_size (tokenizer {tmp_path} not found here))" in out
+
+
+def test_resolve_vocab_returns_the_vocabulary_and_leaves_the_config_alone(data_dir, tmp_path):
+    """The tokenizer's size and ids when the recipe names one (the config's model.vocab_size untouched), the
+    trainer's convention (last id = EOD = pad) without one, and a named error unless a fallback is asked for."""
+    from echo_megatron.config import ConfigError
+    from echo_megatron.model.vocab import resolve_vocab
+
+    olmo = data_dir / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+    cfg = load_config(None, [f"data.tokenizer.path={olmo}", "parallel.tp=4"])
+    v = resolve_vocab(cfg)
+    assert (v.size, v.padded, v.eod, v.pad) == (50280, 50304, 50279, 1) and v.source == f"tokenizer {olmo}"
+    assert cfg.model.vocab_size == 32000  # read, never written
+    plain = resolve_vocab(load_config(None, ["model.vocab_size=1000"]))
+    assert (plain.size, plain.padded, plain.eod, plain.pad, plain.source) == (
+        1000,
+        1024,
+        999,
+        999,
+        "model.vocab_size",
+    )
+    odd_tp = resolve_vocab(load_config(None, ["model.vocab_size=1000"]), tp=3)
+    assert odd_tp.padded == 1152  # a multiple of 128 x 3 where 3 does not divide 128
+    missing = load_config(None, [f"data.tokenizer.path={tmp_path}"])  # a folder without tokenizer.json
+    with pytest.raises(ConfigError, match="has no tokenizer.json"):
+        resolve_vocab(missing)
+    assert resolve_vocab(missing, missing_ok=True).size == 32000

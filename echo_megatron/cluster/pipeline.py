@@ -49,7 +49,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.config.loader import dotlist_value
+from echo_megatron.config.loader import dotlist_value, read_yaml_mapping
 from echo_megatron.config.sweep import expand as expand_grid
 from echo_megatron.config.sweep import load_grid
 
@@ -163,14 +163,8 @@ def _cluster_overrides(value: Any, where: str) -> list[str]:
 
 def load_pipeline(path: str) -> Pipeline:
     """Read and check a pipeline recipe; every error names the file, the stage and the field."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"pipeline file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+    data = read_yaml_mapping(path, "pipeline")
+    if not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"{path}: a pipeline needs a non-empty 'stages' list")
     unknown = set(data) - PIPELINE_KEYS
     if unknown:

@@ -51,6 +51,21 @@ def _read_yaml(path: str) -> DictConfig:
     return cfg
 
 
+def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """The YAML mapping in ``path``, a ``what`` file (grid, pipeline); a ConfigError naming the file when it is
+    missing, not YAML, or not a mapping."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
+    return data
+
+
 def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """[(file, cfg)] from the root base to ``path``; ``base:`` keys are removed."""
     path = os.path.abspath(path)
@@ -66,7 +81,8 @@ def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, Dict
     return chain + [(path, cfg)]
 
 
-def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
+def merge_checked(base: DictConfig, layer: Any, where: str) -> DictConfig:
+    """``OmegaConf.merge(base, layer)``; a key or value the schema refuses is a ConfigError naming ``where``."""
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:
@@ -113,10 +129,10 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         raise ConfigError(f"command line: {e}") from e
     preset_name, preset = _preset_layer(chain, dotlist)
     if preset:
-        cfg = _merge(cfg, preset, f"preset {preset_name}")
+        cfg = merge_checked(cfg, preset, f"preset {preset_name}")
     for path, layer in chain:
-        cfg = _merge(cfg, layer, path)
-    cfg = _merge(cfg, dotlist, "command line")
+        cfg = merge_checked(cfg, layer, path)
+    cfg = merge_checked(cfg, dotlist, "command line")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

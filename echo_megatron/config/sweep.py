@@ -31,9 +31,14 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from echo_megatron.config.loader import ConfigError, dotlist_value, load_config
+from echo_megatron.config.loader import (
+    ConfigError,
+    dotlist_value,
+    load_config,
+    merge_checked,
+    read_yaml_mapping,
+)
 from echo_megatron.config.schema import ExperimentConfig
 
 
@@ -114,12 +119,7 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 def check_overrides(dotted: dict[str, Any], where: str) -> None:
     """Fail with a ConfigError naming ``where`` and the key if an override is not in the schema or mistyped."""
-    try:
-        OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(nest(dotted)))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: bad key '{key}': {msg}" if key else f"{where}: {msg}") from e
+    merge_checked(OmegaConf.structured(ExperimentConfig), OmegaConf.create(nest(dotted)), where)
 
 
 def _label_value(v: Any) -> str:
@@ -186,15 +186,7 @@ def _parse_axis(path: str, name: Any, spec: Any) -> Axis:
 
 def load_grid(path: str) -> Grid:
     """Parse and check a grid file (keys, types and every override against the config schema)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a grid must be a YAML mapping")
+    raw = read_yaml_mapping(path, "grid")
     unknown = set(raw) - {"name", "base", "run_dir", "set", "axes", "description"}
     if unknown:
         raise ConfigError(
