@@ -50,7 +50,7 @@ def count_parameters(cfg: DictConfig, vocab_size: int | None = None) -> OrderedD
     cfg = OmegaConf.merge(
         cfg,
         {
-            "parallel": {"tp": 1, "pp": 1, "vpp": None, "sequence_parallel": False},
+            "parallel": {"tp": 1, "pp": 1, "vpp": None, "sequence_parallel": False, "device": "cpu"},
             "model": {"transformer_impl": "local"},
             "train": {"precision": "fp32"},
         },
