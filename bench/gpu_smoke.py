@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # FP8 runs use the default fp8.* knobs (what users get): hybrid format, first and last layer in bf16, hence
-# per-tensor current scaling (training.precision.fp8_recipe). Extra fp8.* overrides for every FP8 stage go here.
+# per-tensor current scaling (model.precision.fp8_recipe). Extra fp8.* overrides for every FP8 stage go here.
 FP8_OVERRIDES: list[str] = []
 
 PRETRAIN_RUNS = {
@@ -83,8 +83,8 @@ def pretrain_stage(a: argparse.Namespace) -> dict:
 
     from echo_megatron.config import ConfigError, load_config
     from echo_megatron.distributed.init import destroy, initialize
+    from echo_megatron.model.runtime import resolve_runtime
     from echo_megatron.training.flops import H100_BF16_DENSE_TFLOPS, flops_per_token
-    from echo_megatron.training.precision import check_runtime
     from echo_megatron.training.setup import build_train_state
     from echo_megatron.training.step import lm_loss, train_step
 
@@ -114,7 +114,7 @@ def pretrain_stage(a: argparse.Namespace) -> dict:
         "global_batch": gbs,
     }
     try:
-        impl, _ = check_runtime(cfg)
+        impl = resolve_runtime(cfg).transformer_impl
     except ConfigError as e:
         return {**res, "status": "skipped", "reason": str(e)}
     _, device = initialize(cfg)
@@ -177,8 +177,9 @@ def grpo_stage(a: argparse.Namespace) -> dict:
 
     from echo_megatron.config import ConfigError, load_config
     from echo_megatron.distributed.init import destroy
+    from echo_megatron.model import precision as P
+    from echo_megatron.model.runtime import resolve_runtime
     from echo_megatron.rl.base import inherit_base
-    from echo_megatron.training import precision as P
 
     work = Path(a.workdir)
     tb, base, run = work / "testbed", work / "base", work / "grpo"
@@ -217,7 +218,7 @@ def grpo_stage(a: argparse.Namespace) -> dict:
     ]
     cfg = inherit_base(load_config(str(REPO / "recipes/demo/grpo_testbed.yaml"), overrides))
     try:
-        P.check_runtime(cfg)
+        resolve_runtime(cfg)
     except ConfigError as e:
         res["fp8_skipped"] = str(e)
         prec = "bf16"

@@ -1,7 +1,7 @@
 """One entry point: ``echo-megatron <command> ...``.
 
-Each command lives in ``echo_megatron/commands/<name>.py`` and exposes two functions:
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so that
+Each command lives in ``echo_megatron/commands/<name>.py`` (listed in ``commands.COMMANDS``) and exposes
+two functions: ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so that
 ``echo-megatron config`` does not pay for importing torch and megatron-core.
 """
 
@@ -12,30 +12,9 @@ import importlib
 import sys
 import warnings
 
+from echo_megatron.commands import COMMANDS
 from echo_megatron.config import ConfigError
 from echo_megatron.errors import UserError
-
-# command name -> (module under echo_megatron.commands, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("config", "print the resolved config of a recipe"),
-    "params": ("params", "count a preset's parameters on the meta device"),
-    "testbed": ("testbed", "generate the controlled three-format arithmetic testbed"),
-    "tokenizer": ("tokenizer", "train or inspect a tokenizer"),
-    "preprocess": ("preprocess", "tokenize a recipe's sources into megatron indexed datasets"),
-    "mixture": ("mixture", "print the per-source table of a recipe's mixture"),
-    "pretrain": ("pretrain", "pretrain a GPT model (single process, torchrun or srun)"),
-    "generate": ("generate", "sample from a checkpoint"),
-    "score": ("score", "score completions (format, answer, reward) from a JSONL file"),
-    "rl": ("rl", "RL post-training: PPO, GRPO, REINFORCE++, Expert Iteration"),
-    "eval": ("eval", "pass@1 / pass@k / maj@k per task and per output format"),
-    "report": ("report", "HTML report and plots from run directories"),
-    "export-hf": ("export_hf", "export a checkpoint to a HuggingFace transformers model"),
-    "demo": ("demo", "the whole study on the embedded testbed, on CPU, in minutes"),
-    "submit": ("submit", "render and submit sbatch jobs for a recipe, pipeline or sweep"),
-    "status": ("status", "show where each stage of a run directory is"),
-    "plan": ("plan", "memory and time plan for a recipe on N nodes x G GPUs"),
-    "sweep": ("sweep", "expand a grid into runs; --dry-run lists them with their cost"),
-}
 
 
 def _load(module: str):

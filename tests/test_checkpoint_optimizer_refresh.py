@@ -15,7 +15,7 @@ import torch
 from echo_megatron.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.config import load_config
 from echo_megatron.distributed.init import destroy, initialize
-from echo_megatron.model import builder
+from echo_megatron.model import precision
 from echo_megatron.training.setup import build_train_state
 
 
@@ -31,7 +31,7 @@ def _bf16_state(cfg, monkeypatch):
 
 
 def test_loading_weights_refreshes_the_bf16_optimizer_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr(builder, "_te_available", lambda: False)
+    monkeypatch.setattr(precision, "te_available", lambda: False)
     cfg = load_config("recipes/tiny_cpu.yaml", ["train.precision=bf16", "model.transformer_impl=local"])
     initialize(cfg)
     try:

@@ -92,6 +92,22 @@ def test_parameter_count_matches_the_built_model(overrides):
     assert plan.count_params(cfg.model).total == built
 
 
+def test_planner_pads_the_vocabulary_as_the_model_does():
+    """The model pads 32,000 tokens to a multiple of 128 at every TP size that divides 128 (32,000 rows at TP 4,
+    where Megatron-LM's rule, a multiple of 128 x 4, gives 32,256): the plan counts the model's rows at every
+    layout, in its parameters and in its logits memory."""
+    from echo_megatron.model.params import count_parameters
+    from echo_megatron.model.vocab import padded_vocab_size
+
+    cfg = load_config(None, ["model.preset=paper_150m"])
+    built = count_parameters(cfg)
+    for tp in (1, 2, 4, 8):
+        assert padded_vocab_size(32000, 128, tp) == 32000
+        pc = plan.count_params(cfg.model, tp)
+        assert pc.embedding == 32000 * 768 and pc.total == built["total"], tp
+        assert plan.logits_bytes(cfg.model, 1, tp) == 4.0 * 2048 * 32000 / tp
+
+
 def test_the_most_loaded_pipeline_stage_is_counted():
     cfg = load_config(None, ["model.preset=7b"])
     pc = plan.count_params(cfg.model)

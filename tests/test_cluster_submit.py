@@ -253,7 +253,7 @@ def test_bad_pipelines_fail_with_a_clear_error(tmp_path, body, message):
     pipe = _write(tmp_path / "bad.yaml", body.replace("TINY", TINY))
     with pytest.raises(ConfigError) as e:
         pipeline, root, rendered = prepare(pipe, [])
-        from echo_megatron.cluster.submit import missing_commands
+        from echo_megatron.commands.submit import missing_commands
 
         missing_commands(rendered)
     assert message in str(e.value)

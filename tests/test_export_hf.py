@@ -165,7 +165,7 @@ def test_export_hf_command_with_tokenizer(tmp_path, data_dir):
 
 
 def test_export_refuses_a_torchrun_launch(monkeypatch):
-    from echo_megatron.checkpoint.hf_export import export_hf
+    from echo_megatron.commands.export_hf import export_hf
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -2,7 +2,7 @@
 reach megatron's TransformerConfig, FP8 shape alignment of RL batches, and the CPU refusals.
 
 TransformerEngine and CUDA are absent here. Tests of the TE branch's *config building* replace the two
-availability checks (``builder._te_available`` and ``torch.cuda.is_available``) with ``monkeypatch``; nothing
+availability checks (``precision.te_available`` and ``torch.cuda.is_available``) with ``monkeypatch``; nothing
 else is faked: the TransformerConfig is megatron's own, with its own validation. What needs a real GPU
 (TE layers, FP8 GEMMs, throughput) is ``bench/gpu_smoke.sh``.
 """
@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.model import builder
-from echo_megatron.training import precision
+from echo_megatron.model import builder, precision, runtime
 
 TINY = "recipes/tiny_cpu.yaml"
 
@@ -29,15 +28,16 @@ def cfg_of(*overrides: str):
 
 @pytest.fixture
 def te_and_cuda(monkeypatch):
-    """Pretend TransformerEngine imports and a CUDA device is present (selection and config building only)."""
-    monkeypatch.setattr(builder, "_te_available", lambda: True)
+    """Pretend TransformerEngine imports and a CUDA device (a Hopper) is present (selection and config building
+    only)."""
+    monkeypatch.setattr(precision, "te_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
 
 
 @pytest.fixture
 def cpu_only(monkeypatch):
     """This machine as CI sees it: no TransformerEngine, no CUDA (also when the suite runs on a GPU node)."""
-    monkeypatch.setattr(builder, "_te_available", lambda: False)
     monkeypatch.setattr(precision, "te_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
@@ -47,36 +47,36 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 # -- selection -----------------------------------------------------------------------------------------------
 def test_auto_picks_local_without_te_and_cuda(cpu_only):
-    assert builder.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "local"
+    assert runtime.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "local"
 
 
 def test_auto_picks_local_with_te_but_no_cuda(cpu_only, monkeypatch):
-    monkeypatch.setattr(builder, "_te_available", lambda: True)
-    assert builder.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "local"
+    monkeypatch.setattr(precision, "te_available", lambda: True)
+    assert runtime.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "local"
 
 
 def test_auto_picks_te_with_te_and_cuda(te_and_cuda):
-    assert builder.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "transformer_engine"
+    assert runtime.resolve_transformer_impl(cfg_of("model.transformer_impl=auto")) == "transformer_engine"
 
 
 def test_te_on_cpu_fails_with_the_reason(cpu_only):
     with pytest.raises(RuntimeError, match=r"transformer_impl=transformer_engine needs TransformerEngine"):
-        builder.resolve_transformer_impl(cfg_of("model.transformer_impl=transformer_engine"))
+        runtime.resolve_transformer_impl(cfg_of("model.transformer_impl=transformer_engine"))
 
 
 def test_unknown_impl_and_precision_are_named():
     with pytest.raises(ValueError, match=r"model.transformer_impl: unknown value 'apex'"):
-        builder.resolve_transformer_impl(cfg_of("model.transformer_impl=apex"))
+        runtime.resolve_transformer_impl(cfg_of("model.transformer_impl=apex"))
     with pytest.raises(ValueError, match=r"train.precision: unknown value 'fp16'"):
-        builder.check_precision(cfg_of("train.precision=fp16"), "local")
+        runtime.check_precision(cfg_of("train.precision=fp16"), "local")
 
 
 def test_fp8_needs_te_and_bf16_needs_a_gpu(cpu_only):
     with pytest.raises(RuntimeError, match=r"fp8 needs model.transformer_impl=transformer_engine"):
-        builder.check_precision(cfg_of("train.precision=fp8"), "local")
+        runtime.check_precision(cfg_of("train.precision=fp8"), "local")
     with pytest.raises(RuntimeError, match=r"bf16 is for GPU runs"):
-        builder.check_precision(cfg_of("train.precision=bf16"), "local")
-    builder.check_precision(cfg_of("train.precision=fp32"), "local")
+        runtime.check_precision(cfg_of("train.precision=bf16"), "local")
+    runtime.check_precision(cfg_of("train.precision=fp32"), "local")
 
 
 @pytest.mark.parametrize(
@@ -88,22 +88,23 @@ def test_fp8_needs_te_and_bf16_needs_a_gpu(cpu_only):
         (["train.precision=bf16"], "bf16 is for GPU runs"),
     ],
 )
-def test_check_runtime_refuses_gpu_settings_on_cpu(cpu_only, overrides, message):
+def test_resolve_runtime_refuses_gpu_settings_on_cpu(cpu_only, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        precision.check_runtime(cfg_of(*overrides))
+        runtime.resolve_runtime(cfg_of(*overrides))
 
 
-def test_check_runtime_accepts_cpu_settings(cpu_only):
-    assert precision.check_runtime(cfg_of("model.transformer_impl=auto")) == ("local", "fp32")
+def test_resolve_runtime_accepts_cpu_settings(cpu_only):
+    rt = runtime.resolve_runtime(cfg_of("model.transformer_impl=auto"))
+    assert (rt.transformer_impl, rt.precision) == ("local", "fp32")
 
 
-def test_check_runtime_with_te_still_needs_fp8_hardware(te_and_cuda, monkeypatch):
-    """TE importable for the builder but not for precision (no real TE here): the missing piece is named."""
+def test_resolve_runtime_with_te_still_needs_fp8_hardware(te_and_cuda, monkeypatch):
+    """A Hopper GPU but no TransformerEngine (no real TE here): the missing piece is named."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(precision, "te_available", lambda: False)
     cfg = cfg_of("train.precision=fp8", "model.transformer_impl=auto", "model.num_layers=4")
     with pytest.raises(ConfigError, match="needs TransformerEngine"):
-        precision.check_runtime(cfg)
+        runtime.resolve_runtime(cfg)
 
 
 def test_cpu_pretrain_asking_for_fp8_fails_at_once(tmp_path):
@@ -139,10 +140,10 @@ def test_fp8_runtime_problem_names_what_is_missing(cpu_only, monkeypatch):
 
 
 def test_fp8_context_refuses_without_te_instead_of_running_bf16(te_and_cuda, monkeypatch):
-    monkeypatch.setattr(precision, "te_available", lambda: False)
     tc = builder.transformer_config(
         cfg_of("train.precision=bf16", "model.transformer_impl=transformer_engine", "model.num_layers=4")
     )
+    monkeypatch.setattr(precision, "te_available", lambda: False)  # TE gone by the time FP8 is entered
     with precision.fp8_context(tc):  # FP8 off: a null context
         pass
     tc.fp8 = "hybrid"
@@ -162,7 +163,7 @@ def test_fp8_knobs_reach_the_transformer_config(te_and_cuda):
         "fp8.first_last_layers_bf16=false",
     )
     tc = builder.transformer_config(cfg)
-    assert tc.echo_transformer_impl == "transformer_engine"
+    assert runtime.resolve_runtime(cfg).transformer_impl == "transformer_engine"
     assert (tc.fp8, tc.fp8_recipe, tc.fp8_margin) == ("e4m3", "delayed", 2)
     assert (tc.fp8_amax_history_len, tc.fp8_amax_compute_algo) == (16, "most_recent")
     assert tc.first_last_layers_bf16 is False
@@ -361,7 +362,7 @@ def _gpu_state(*overrides: str):
     from echo_megatron.training.setup import build_train_state
 
     cfg = load_config(None, [*GPU_TINY, *overrides])
-    precision.check_runtime(cfg)
+    runtime.resolve_runtime(cfg)
     _, device = initialize(cfg)
     return cfg, build_train_state(cfg, 512, device, total_steps=4)
 
@@ -429,7 +430,7 @@ def test_bf16_model_is_bf16_throughout(monkeypatch, arch):
     with CUDA reported present (bf16 is refused on a CPU) and run forward in bf16."""
     from echo_megatron.distributed.init import destroy, initialize
 
-    monkeypatch.setattr(builder, "_te_available", lambda: False)
+    monkeypatch.setattr(precision, "te_available", lambda: False)
     cfg = cfg_of("train.precision=bf16", "model.transformer_impl=local", *arch)
     initialize(cfg)
     try:

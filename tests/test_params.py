@@ -45,3 +45,46 @@ def test_params_command_prints_components():
     )
     assert r.returncode == 0, r.stderr
     assert "1.14B" in r.stdout and "attention" in r.stdout
+
+
+def test_params_counts_the_vocabulary_the_recipe_trains(data_dir, tmp_path, monkeypatch, capsys):
+    """A recipe with data.tokenizer.path is counted with its tokenizer's vocabulary (OLMo-1's 50,280 tokens,
+    50,304 rows), not model.vocab_size; when its tokenizer cannot be loaded here the fallback is said."""
+    from echo_megatron.cli import main
+
+    monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(data_dir / "tokenizers"))
+    assert main(["params", "recipes/paper/150m_tg.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab=50280 (padded 50304; from tokenizer allenai/gpt-neox-olmo-dolma-v1_5)" in out
+    embedding = next(line for line in out.splitlines() if line.strip().startswith("embedding"))
+    assert f"{50304 * 768:,}" in embedding
+    assert main(["params", "recipes/paper/150m_tg.yaml", f"data.tokenizer.path={tmp_path}"]) == 0  # no JSON
+    out = capsys.readouterr().out
+    assert f"vocab=32000 (padded 32000; from model.vocab_size (tokenizer {tmp_path} not found here))" in out
+
+
+def test_resolve_vocab_returns_the_vocabulary_and_leaves_the_config_alone(data_dir, tmp_path):
+    """The tokenizer's size and ids when the recipe names one (the config's model.vocab_size untouched), the
+    trainer's convention (last id = EOD = pad) without one, and a named error unless a fallback is asked for."""
+    from echo_megatron.config import ConfigError
+    from echo_megatron.model.vocab import resolve_vocab
+
+    olmo = data_dir / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json"
+    cfg = load_config(None, [f"data.tokenizer.path={olmo}", "parallel.tp=4"])
+    v = resolve_vocab(cfg)
+    assert (v.size, v.padded, v.eod, v.pad) == (50280, 50304, 50279, 1) and v.source == f"tokenizer {olmo}"
+    assert cfg.model.get("vocab_size") == 32000  # read, never written
+    plain = resolve_vocab(load_config(None, ["model.vocab_size=1000"]))
+    assert (plain.size, plain.padded, plain.eod, plain.pad, plain.source) == (
+        1000,
+        1024,
+        999,
+        999,
+        "model.vocab_size",
+    )
+    odd_tp = resolve_vocab(load_config(None, ["model.vocab_size=1000"]), tp=3)
+    assert odd_tp.padded == 1152  # a multiple of 128 x 3 where 3 does not divide 128
+    missing = load_config(None, [f"data.tokenizer.path={tmp_path}"])  # a folder without tokenizer.json
+    with pytest.raises(ConfigError, match="has no tokenizer.json"):
+        resolve_vocab(missing)
+    assert resolve_vocab(missing, missing_ok=True).size == 32000

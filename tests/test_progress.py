@@ -44,14 +44,18 @@ def test_interval_zero_prints_every_update_and_disabled_prints_nothing():
 
 
 def test_line_and_duration_format():
-    assert format_duration(5) == "5s" and format_duration(250) == "4m10s" and format_duration(11220) == "3h07m"
+    assert (
+        format_duration(5) == "5s" and format_duration(250) == "4m10s" and format_duration(11220) == "3h07m"
+    )
     line = progress_line("eval/gsm8k", 50, 200, 10.0, 5.0, {"acc": "0.50"})
     assert line == "[eval/gsm8k] 50/200 (25.0%) | acc 0.50 | 10 it/s | elapsed 5s | eta 15s"
 
 
 def test_pretrain_to_a_log_file_writes_readable_lines(tmp_path):
     run = tmp_path / "run"
-    r = cli(["pretrain", "recipes/tiny_cpu.yaml", f"run_dir={run}", "train.steps=6", "checkpoint.save_interval=0"])
+    r = cli(
+        ["pretrain", "recipes/tiny_cpu.yaml", f"run_dir={run}", "train.steps=6", "checkpoint.save_interval=0"]
+    )
     assert "\r" not in r.stdout and "\r" not in r.stderr
     progress = [line for line in r.stdout.splitlines() if line.startswith("[pretrain] ")]
     assert progress and progress[-1].startswith("[pretrain] 6/6 (100.0%) | loss ")

@@ -151,7 +151,7 @@ def test_sequence_parallel_restored_and_pp_refused(tp_run):
 def test_export_from_other_layouts(tp_run, tmp_path, layout):
     from transformers import AutoModelForCausalLM
 
-    from echo_megatron.checkpoint.hf_export import export_hf
+    from echo_megatron.commands.export_hf import export_hf
     from echo_megatron.rollout.reference import full_logits
 
     policy, _, root = tp_run

@@ -344,7 +344,8 @@ def test_usr1_preemption_requeues_and_resumes_to_the_same_final_loss(local_slurm
 
 def test_tiny_pipeline_testbed_to_pretrain_rl_eval(local_slurm, tmp_path):
     """The whole study as chained jobs: testbed data -> preprocess -> pretrain (2 ranks, gloo) -> GRPO -> eval."""
-    from echo_megatron.cluster.submit import missing_commands, prepare
+    from echo_megatron.cluster.submit import prepare
+    from echo_megatron.commands.submit import missing_commands
 
     data = tmp_path / "data"
     tiny = "model.num_layers=2, model.hidden_size=64, model.num_attention_heads=4, model.ffn_hidden_size=128"

@@ -8,9 +8,9 @@ import os
 import pytest
 
 from echo_megatron.cli import main
-from echo_megatron.cluster.pipeline import _yaml_scalar
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.report.sweep import expand, load_grid, missing_bases
+from echo_megatron.config.loader import dotlist_value
+from echo_megatron.config.sweep import expand, load_grid, missing_bases
 
 GRID = """
 name: tiny
@@ -150,7 +150,7 @@ def test_paper_grids(repo_root, scale):
     # once the base recipes exist, every generated recipe must load
     for r in rl + ei:
         if r.base not in missing_bases([r]):
-            lines = [f"{k}={_yaml_scalar(v)}" for k, v in r.all_overrides().items()]
+            lines = [f"{k}={dotlist_value(v)}" for k, v in r.all_overrides().items()]
             assert load_config(r.base, lines).name == r.name
 
 
@@ -158,6 +158,6 @@ def test_testbed_kl_grid_loads(repo_root):
     grid = expand(load_grid(str(repo_root / "recipes/demo/sweeps/kl_testbed.yaml")))
     assert [r.name for r in grid] == [f"kl_testbed-kl{k}" for k in ("0", "0.01", "0.1", "1")]
     for r, kl in zip(grid, (0.0, 0.01, 0.1, 1.0)):
-        cfg = load_config(r.base, [f"{k}={_yaml_scalar(v)}" for k, v in r.all_overrides().items()])
+        cfg = load_config(r.base, [f"{k}={dotlist_value(v)}" for k, v in r.all_overrides().items()])
         assert cfg.rl.algorithm == "grpo" and cfg.rl.steps == 150 and cfg.rl.initial_policy_kl_penalty == kl
         assert cfg.run_dir == f"runs/kl_testbed/{r.name}"

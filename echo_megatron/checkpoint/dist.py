@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from echo_megatron.training.faults import maybe_fail
+from echo_megatron.faults import maybe_fail
 
 LATEST = "latest"
 

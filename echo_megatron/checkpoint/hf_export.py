@@ -9,8 +9,9 @@ HF's ``rotate_half``), so only the fused matrices need rearranging:
 * ``linear_fc1`` with SwiGLU: [gate ; up] stacked (megatron's glu: silu(first half) * second half).
 
 The vocabulary keeps megatron's padding (``vocab_size`` = the padded size), so the exported model computes
-the same logits, and log-probs, as ours; the tokenizer never produces the padding ids. The checkpoint is
-loaded at TP = 1, PP = 1 in one process (dist_checkpointing reshards any saved layout).
+the same logits, and log-probs, as ours; the tokenizer never produces the padding ids. The command
+(``commands/export_hf.py``) loads the checkpoint at TP = 1, PP = 1 in one process (dist_checkpointing reshards
+any saved layout) and hands the model here.
 """
 
 from __future__ import annotations
@@ -181,25 +182,3 @@ def save_tokenizer(tokenizer: Any, out_dir: str) -> None:
         from transformers import AutoTokenizer
 
         AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
-
-
-def export_hf(checkpoint: str, out_dir: str, dtype: str = "float32", overrides: tuple[str, ...] = ()) -> str:
-    """Load ``checkpoint`` (any layout) at TP = PP = 1 and write a transformers model to ``out_dir``."""
-    from echo_megatron.checkpoint.dist import find_checkpoint
-    from echo_megatron.config import load_config
-    from echo_megatron.distributed.init import detect_env
-    from echo_megatron.rollout.loading import load_policy, run_config_path
-
-    if detect_env().world_size != 1:
-        raise ConfigError("export-hf runs in one process (it reshards any TP/PP layout to TP=1 PP=1 itself)")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ConfigError(f"export-hf: --dtype must be float32, bfloat16 or float16, not {dtype}")
-    hf_architecture(load_config(run_config_path(find_checkpoint(checkpoint)), list(overrides)).model)
-    policy = load_policy(checkpoint, [*overrides, "parallel.sequence_parallel=false"], tp=1)
-    hf = build_hf_model(policy.model, policy.cfg.model, policy.eod_id, policy.pad_id, torch_dtype)
-    os.makedirs(out_dir, exist_ok=True)
-    hf.save_pretrained(out_dir, safe_serialization=True)
-    if policy.tokenizer is not None:
-        save_tokenizer(policy.tokenizer, out_dir)
-    return out_dir

@@ -26,7 +26,7 @@ A stage with ``args`` runs ``echo-megatron COMMAND ARGS...`` for commands that t
 k=v --out DIR``); ``{run_dir}`` there is the stage's own run dir, and its recipe / overrides only size the job.
 Array stages (one Slurm job array, one task per run):
   * ``grid: {key: [v1, v2], ...}``: the Cartesian product; task i runs in RUN_DIR/S/<i>_<values>.
-  * ``sweep: GRID.yaml``: the runs of a sweep grid file (echo_megatron/report/sweep.py; named values, a base
+  * ``sweep: GRID.yaml``: the runs of a sweep grid file (echo_megatron/config/sweep.py; named values, a base
     recipe per value, run dirs from the grid's ``run_dir`` template); ``recipe`` is then the default base.
   * ``over: A``: one task per task of the earlier array stage A, each after its own task (``aftercorr``);
     ``{A.run_dir}`` then means that task's run dir.
@@ -49,6 +49,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.config import ConfigError, load_config
+from echo_megatron.config.loader import dotlist_value, read_yaml_mapping
+from echo_megatron.config.sweep import expand as expand_grid
+from echo_megatron.config.sweep import load_grid
 
 STAGE_KEYS = {
     "name",
@@ -155,32 +158,13 @@ def _cluster_overrides(value: Any, where: str) -> list[str]:
         return []
     if not isinstance(value, dict):
         raise _fail(where, "must be a mapping of cluster.* keys")
-    return [f"cluster.{k}={_yaml_scalar(v)}" for k, v in value.items()]
-
-
-def _yaml_scalar(v: Any) -> str:
-    """A value as OmegaConf's dotlist parser reads it back (lists and dicts in flow style)."""
-    if isinstance(v, (list, dict)):
-        return yaml.safe_dump(v, default_flow_style=True).strip()
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str) and yaml.safe_load(v) != v:  # "12:00:00" would read back as the int 43200
-        return "'" + v.replace("'", "''") + "'"
-    return str(v)
+    return [f"cluster.{k}={dotlist_value(v)}" for k, v in value.items()]
 
 
 def load_pipeline(path: str) -> Pipeline:
     """Read and check a pipeline recipe; every error names the file, the stage and the field."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"pipeline file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+    data = read_yaml_mapping(path, "pipeline")
+    if not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"{path}: a pipeline needs a non-empty 'stages' list")
     unknown = set(data) - PIPELINE_KEYS
     if unknown:
@@ -275,23 +259,19 @@ def sweep_stage(grid: str, command: str) -> Pipeline:
 
 def _sweep_points(stage: Stage, where: str) -> list[tuple[str, str, list[str]]]:
     """(base recipe, run name, overrides) of every run of the stage's sweep grid."""
-    from echo_megatron.report.sweep import expand as expand_grid
-    from echo_megatron.report.sweep import load_grid
-
     points = []
     for run in expand_grid(load_grid(stage.sweep)):
         base = run.base or stage.recipe
         if base is None:
             raise ConfigError(f"{where}: sweep run '{run.name}' has no base recipe (set 'base' in the grid)")
-        lines = [f"{k}={_yaml_scalar(v)}" for k, v in run.all_overrides().items()]
-        points.append((base, run.name, lines))
+        points.append((base, run.name, run.override_args()))
     return points
 
 
 def _grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
     keys = list(grid)
     return [
-        [f"{k}={_yaml_scalar(v)}" for k, v in zip(keys, values)]
+        [f"{k}={dotlist_value(v)}" for k, v in zip(keys, values)]
         for values in itertools.product(*grid.values())
     ]
 
@@ -384,5 +364,5 @@ def _task(
         cfg = load_config(recipe, overrides)
     except ConfigError as e:
         raise ConfigError(f"{where}{f' task {index} ({label})' if label else ''}: {e}") from e
-    cfg.run_dir = os.path.abspath(run_dir or cfg.run_dir)
+    cfg = OmegaConf.merge(cfg, {"run_dir": os.path.abspath(run_dir or cfg.run_dir)})
     return Task(index, label, cfg.run_dir, overrides, cfg)

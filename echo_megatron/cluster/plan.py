@@ -25,11 +25,13 @@ loaded pipeline stage (the first: it holds the embedding and the most in-flight 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
+
+from echo_megatron.config.presets import SUGGESTED_PARALLEL
+from echo_megatron.model.vocab import padded_vocab_size, resolve_vocab
 
 GIB = 1024**3
 # Of the GPU's memory, this much is kept back for the CUDA context, NCCL buffers, the caching allocator's
@@ -37,42 +39,13 @@ GIB = 1024**3
 RESERVE_GB = 6.0
 
 
-# ---- vocabulary ----------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=16)
-def _tokenizer_vocab(path: str) -> int | None:
-    from omegaconf import OmegaConf
-
-    from echo_megatron.config.data import TokenizerConfig
-
-    try:
-        from echo_megatron.data.tokenizer import load_tokenizer
-
-        return int(load_tokenizer(OmegaConf.structured(TokenizerConfig(path=path))).vocab_size)
-    except Exception:  # noqa: BLE001 - a plan must not fail because a tokenizer is not on this machine
-        return None
-
-
-def apply_tokenizer_vocab(cfg: DictConfig) -> str:
-    """Set ``model.vocab_size`` from ``data.tokenizer`` as the trainer does; returns where the size came from."""
-    path = cfg.data.tokenizer.path
-    if not path:
-        return "model.vocab_size"
-    vocab = _tokenizer_vocab(str(path))
-    if vocab is None:
-        return f"model.vocab_size (tokenizer {path} not found here)"
-    cfg.model.vocab_size = vocab
-    return f"tokenizer {path}"
+def vocab_of(cfg: DictConfig) -> int:
+    """The vocabulary ``cfg`` trains (``model.vocab.resolve_vocab``): its tokenizer's when the recipe names one
+    that is on this machine, else ``model.vocab_size`` (a plan must not fail for a tokenizer kept elsewhere)."""
+    return resolve_vocab(cfg, missing_ok=True).size
 
 
 # ---- parameters ----------------------------------------------------------------------------------------
-
-
-def padded_vocab(vocab: int, divisible_by: int, tp: int) -> int:
-    """Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * tp``."""
-    m = divisible_by * tp
-    return int(math.ceil(vocab / m) * m)
 
 
 def norm_params(kind: str, h: int) -> int:
@@ -107,9 +80,10 @@ class ParamCount:
         return self.embedding + self.per_layer * self.num_layers + self.final_norm + self.output_layer
 
 
-def count_params(m: DictConfig, tp: int = 1) -> ParamCount:
-    """Parameters of the whole model (not divided by tp; the vocabulary padded for ``tp``)."""
-    v = padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by, tp)
+def count_params(m: DictConfig, tp: int = 1, vocab: int | None = None) -> ParamCount:
+    """Parameters of the whole model (not divided by tp); ``vocab`` (default ``m.vocab_size``) padded for
+    ``tp`` as the model pads it (``model.vocab.padded_vocab_size``)."""
+    v = padded_vocab_size(vocab or m.vocab_size, m.make_vocab_size_divisible_by, tp)
     h = m.hidden_size
     emb = v * h + (m.seq_length * h if m.position_embedding_type == "learned_absolute" else 0)
     out = v * h if m.untie_embeddings_and_output_weights else 0
@@ -172,9 +146,10 @@ def activation_bytes_per_layer(
     return per_sbh * s * b * h
 
 
-def logits_bytes(m: DictConfig, b: int, tp: int) -> float:
+def logits_bytes(m: DictConfig, b: int, tp: int, vocab: int | None = None) -> float:
     """The output layer's fp32 logits for the cross entropy: 4·s·b·V/t (Korthikanti et al., Sec. 4.2.2)."""
-    return 4.0 * m.seq_length * b * padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by, tp) / tp
+    v = padded_vocab_size(vocab or m.vocab_size, m.make_vocab_size_divisible_by, tp)
+    return 4.0 * m.seq_length * b * v / tp
 
 
 @dataclass
@@ -237,9 +212,11 @@ def num_microbatches(cfg: DictConfig, lay: Layout) -> int:
     return max(1, cfg.train.global_batch_size // (cfg.train.micro_batch_size * max(lay.dp, 1)))
 
 
-def memory(cfg: DictConfig, lay: Layout) -> Memory:
+def memory(cfg: DictConfig, lay: Layout, vocab: int | None = None) -> Memory:
+    """``vocab``: the tokenizer's vocabulary (default :func:`vocab_of`)."""
     m, t = cfg.model, cfg.train
-    pc = count_params(m, lay.tp)
+    vocab = vocab or vocab_of(cfg)
+    pc = count_params(m, lay.tp, vocab)
     per_gpu = stage_params(pc, lay.pp) / lay.tp
     w, g, _ = state_bytes_per_param(t.precision, False, lay.dp)
     opt = state_bytes_per_param(t.precision, False, lay.dp)[2]
@@ -251,7 +228,7 @@ def memory(cfg: DictConfig, lay: Layout) -> Memory:
     layers = math.ceil(m.num_layers / lay.pp)
     in_flight = min(lay.pp, num_microbatches(cfg, lay))
     interleave = 1 + (lay.pp - 1) / (lay.pp * lay.vpp) if lay.vpp and lay.pp > 1 else 1.0
-    logits = logits_bytes(m, b, lay.tp) if lay.pp == 1 else 0.0  # on the last stage, not the first
+    logits = logits_bytes(m, b, lay.tp, vocab) if lay.pp == 1 else 0.0  # on the last stage, not the first
     act = per_layer * layers * in_flight * interleave + logits
     layer_input = act_bytes * m.seq_length * b * m.hidden_size / (lay.tp if lay.sequence_parallel else 1)
     act_rc = layer_input * layers * in_flight * interleave + per_layer + logits  # + one layer being rebuilt
@@ -267,19 +244,21 @@ def fits(total_bytes: float, gpu_memory_gb: float) -> bool:
 # ---- time ----------------------------------------------------------------------------------------------
 
 
-def flops_per_step(cfg: DictConfig) -> float:
+def flops_per_step(cfg: DictConfig, vocab: int | None = None) -> float:
     """Model FLOPs of one optimizer step: (6·N + 6·L·s·h) per token x global batch x sequence length."""
     from echo_megatron.training.flops import flops_per_token
 
-    n = count_params(cfg.model).total
+    n = count_params(cfg.model, vocab=vocab or vocab_of(cfg)).total
     return flops_per_token(cfg, n) * cfg.train.global_batch_size * cfg.model.seq_length
 
 
-def step_seconds(cfg: DictConfig, gpus: int, recompute: bool | None = None) -> float:
+def step_seconds(
+    cfg: DictConfig, gpus: int, recompute: bool | None = None, vocab: int | None = None
+) -> float:
     """flops_per_step / (gpus x peak x MFU); full recompute costs one more forward pass (x 4/3)."""
     recompute = cfg.model.recompute if recompute is None else recompute
     c = cfg.cluster
-    t = flops_per_step(cfg) / (gpus * c.peak_tflops * 1e12 * c.mfu)
+    t = flops_per_step(cfg, vocab) / (gpus * c.peak_tflops * 1e12 * c.mfu)
     return t * (4.0 / 3.0 if recompute else 1.0)
 
 
@@ -288,13 +267,13 @@ HBM_BYTES_PER_S = 3.35e12  # H100 SXM HBM3
 PROMPT_TOKENS = 160  # a GSM8K-style question, tokenized (the plan's assumption; RL recipes do not say)
 
 
-def rl_step_seconds(cfg: DictConfig, gpus: int) -> float:
+def rl_step_seconds(cfg: DictConfig, gpus: int, vocab: int | None = None) -> float:
     """One RL step: generate (prompts x n samples x max_new_tokens; the larger of the FLOP time 2·N per token
     and the bandwidth time of one weight read per decoding step of ``rollout.batch_size`` sequences), then
     score log-probs (old policy, and reference when a KL is used: 2·N per token each) and train the policy
     (6·N per token per PPO epoch); PPO adds a critic of the same size (2·N values + 6·N training)."""
     c, r, rl = cfg.cluster, cfg.rollout, cfg.rl
-    n_params = count_params(cfg.model).total
+    n_params = count_params(cfg.model, vocab=vocab or vocab_of(cfg)).total
     prompts = rl.get("num_rollout_samples", rl.get("prompts_per_step", 64))
     seqs = prompts * r.n
     gen_tokens = seqs * r.max_new_tokens
@@ -318,20 +297,20 @@ def estimate_gpu_hours(cfg: DictConfig, command: str = "auto") -> float:
     """
     if command == "auto":
         command = "rl" if cfg.rl.base else "pretrain"
-    cfg = cfg.copy()
-    apply_tokenizer_vocab(cfg)
     gpus = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     if command == "rl":
         if cfg.rl.algorithm == "ei":
             return float("nan")
-        return rl_step_seconds(cfg, gpus) * cfg.rl.steps * gpus / 3600.0
-    return step_seconds(cfg, gpus) * cfg.train.steps * gpus / 3600.0
+        return rl_step_seconds(cfg, gpus, vocab_of(cfg)) * cfg.rl.steps * gpus / 3600.0
+    return step_seconds(cfg, gpus, vocab=vocab_of(cfg)) * cfg.train.steps * gpus / 3600.0
 
 
 # ---- layouts -------------------------------------------------------------------------------------------
 
 
-def smallest_fitting_layout(cfg: DictConfig, nodes: int, gpus_per_node: int) -> tuple[Layout, bool] | None:
+def smallest_fitting_layout(
+    cfg: DictConfig, nodes: int, gpus_per_node: int, vocab: int | None = None
+) -> tuple[Layout, bool] | None:
     """The layout with the smallest tp·pp (then smaller tp, TP within a node) that fits with the distributed
     optimizer, without recompute if possible; returns (layout, needs_recompute) or None if none fits."""
     m = cfg.model
@@ -345,9 +324,10 @@ def smallest_fitting_layout(cfg: DictConfig, nodes: int, gpus_per_node: int) -> 
                 continue
             candidates.append(Layout(nodes, gpus_per_node, tp, pp, None, tp > 1))
     candidates.sort(key=lambda lay: (lay.tp * lay.pp, lay.pp))
+    vocab = vocab or vocab_of(cfg)
     for recompute in (False, True):
         for lay in candidates:
-            if fits(memory(cfg, lay).total(True, recompute), cfg.cluster.gpu_memory_gb):
+            if fits(memory(cfg, lay, vocab).total(True, recompute), cfg.cluster.gpu_memory_gb):
                 return lay, recompute
     return None
 
@@ -369,8 +349,8 @@ def human_seconds(s: float) -> str:
 # ---- the printed plan ----------------------------------------------------------------------------------
 
 
-def _memory_block(cfg: DictConfig, lay: Layout, title: str) -> list[str]:
-    mem = memory(cfg, lay)
+def _memory_block(cfg: DictConfig, lay: Layout, title: str, vocab: int) -> list[str]:
+    mem = memory(cfg, lay, vocab)
     gb = cfg.cluster.gpu_memory_gb
     uses = (bool(cfg.parallel.use_distributed_optimizer), bool(cfg.model.recompute))
     lines = [
@@ -397,21 +377,17 @@ def _memory_block(cfg: DictConfig, lay: Layout, title: str) -> list[str]:
 
 def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") -> str:
     """The text ``echo-megatron plan`` prints."""
-    from echo_megatron.model.presets import SUGGESTED_PARALLEL
-
-    cfg = cfg.copy()
-    vocab_from = apply_tokenizer_vocab(cfg)
     m, t, c = cfg.model, cfg.train, cfg.cluster
     lay = layout_of(cfg, nodes, gpus_per_node)
-    pc = count_params(m, lay.tp)
+    vocab = resolve_vocab(cfg, lay.tp, missing_ok=True)
+    pc = count_params(m, lay.tp, vocab.size)
     g = m.num_query_groups or m.num_attention_heads
-    v_pad = padded_vocab(m.vocab_size, m.make_vocab_size_divisible_by, lay.tp)
     out = [
         f"plan for {recipe or cfg.name}: {nodes} node(s) x {gpus_per_node} GPUs = {lay.gpus} GPUs "
         f"({c.gpu_memory_gb:g} GB each, {RESERVE_GB:g} GB kept back for CUDA context, NCCL and fragmentation)",
         f"model: {m.preset or 'custom'}, {m.num_layers} layers, hidden {m.hidden_size}, {m.num_attention_heads} heads "
         f"({g} kv groups), ffn {m.ffn_hidden_size or 4 * m.hidden_size} {m.activation}, seq {m.seq_length}, "
-        f"vocab {m.vocab_size} (padded {v_pad}; from {vocab_from}), {m.transformer_impl} layers",
+        f"vocab {vocab.size} (padded {vocab.padded}; from {vocab.source}), {m.transformer_impl} layers",
         f"parameters: {pc.total / 1e9:.3f} B = embedding {pc.embedding / 1e6:.1f} M + {pc.num_layers} x "
         f"{pc.per_layer / 1e6:.1f} M per layer + output layer {pc.output_layer / 1e6:.1f} M"
         + (" (tied)" if not pc.output_layer else ""),
@@ -433,7 +409,7 @@ def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") ->
         f"{nmb} micro-batches per step per data-parallel rank"
     )
     out.append("")
-    out += _memory_block(cfg, lay, "this recipe's layout")
+    out += _memory_block(cfg, lay, "this recipe's layout", vocab.size)
     out.append("  (* = the recipe's own settings: parallel.use_distributed_optimizer, model.recompute)")
     shown = {(lay.tp, lay.pp, lay.vpp, lay.sequence_parallel)}
     if m.preset in SUGGESTED_PARALLEL:
@@ -454,13 +430,13 @@ def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") ->
             sug.sequence_parallel,
         ) not in shown:
             out.append("")
-            out += _memory_block(cfg, sug, f"suggested for {m.preset}")
+            out += _memory_block(cfg, sug, f"suggested for {m.preset}", vocab.size)
             shown.add((sug.tp, sug.pp, sug.vpp, sug.sequence_parallel))
         out.append(
             f"suggested for {m.preset}: {sug.describe()}"
             + (", distributed optimizer" if s.get("use_distributed_optimizer") else "")
         )
-    best = smallest_fitting_layout(cfg, nodes, gpus_per_node)
+    best = smallest_fitting_layout(cfg, nodes, gpus_per_node, vocab.size)
     if best is None:
         out.append(f"no tp (<= {gpus_per_node}) x pp layout fits {c.gpu_memory_gb:g} GB on {lay.gpus} GPUs")
     else:
@@ -469,13 +445,13 @@ def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") ->
             f"smallest layout that fits: {b.describe()}, distributed optimizer"
             + (", full recompute" if rc else ", no recompute")
         )
-    step = step_seconds(cfg, lay.gpus, recompute=False)
-    step_rc = step_seconds(cfg, lay.gpus, recompute=True)
+    step = step_seconds(cfg, lay.gpus, recompute=False, vocab=vocab.size)
+    step_rc = step_seconds(cfg, lay.gpus, recompute=True, vocab=vocab.size)
     chosen = step_rc if m.recompute else step
     out += [
         "",
         f"time at MFU {c.mfu:.0%} of {c.peak_tflops:g} TFLOP/s per GPU (dense bf16 H100): "
-        f"{flops_per_step(cfg) / 1e15:.2f} PFLOP per step (6N + attention)",
+        f"{flops_per_step(cfg, vocab.size) / 1e15:.2f} PFLOP per step (6N + attention)",
         f"  step {human_seconds(step)} (full recompute {human_seconds(step_rc)}); "
         f"{t.steps} steps = {human_seconds(chosen * t.steps)} = {chosen * t.steps * lay.gpus / 3600:,.1f} GPU-h",
     ]

@@ -10,7 +10,6 @@ Files (ROOT = the pipeline's ``run_dir``, or a plain recipe's ``run_dir``)::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -31,7 +30,8 @@ from echo_megatron.cluster.pipeline import (
     sweep_stage,
 )
 from echo_megatron.cluster.sbatch import config_path, render
-from echo_megatron.config import ConfigError
+from echo_megatron.config.sweep import expand as expand_grid
+from echo_megatron.config.sweep import load_grid
 from echo_megatron.rundir import RunDir
 
 RECORD = "submission.json"
@@ -45,21 +45,8 @@ class Rendered:
     script: str
 
 
-def command_module(command: str) -> str | None:
-    """The module under echo_megatron.commands that implements ``command``; None if not in this install."""
-    from echo_megatron.cli import COMMANDS
-
-    if command not in COMMANDS:
-        raise ConfigError(f"unknown command '{command}' (known: {', '.join(COMMANDS)})")
-    module = f"echo_megatron.commands.{COMMANDS[command][0]}"
-    return module if importlib.util.find_spec(module) is not None else None
-
-
 def sweep_command(grid: str) -> str:
     """The command a sweep grid runs when ``--command`` is not given: rl when its runs set rl.base."""
-    from echo_megatron.report.sweep import expand as expand_grid
-    from echo_megatron.report.sweep import load_grid
-
     runs = expand_grid(load_grid(grid))
     return "rl" if all("rl.base" in r.overrides or "rl.base" in r.fixed for r in runs) else "pretrain"
 
@@ -98,10 +85,6 @@ def dependency(job: Job, ids: dict[str, str]) -> str | None:
     for kind, stage in job.depends:
         parts.setdefault(kind, []).append(ids[stage])
     return ",".join(f"{kind}:{':'.join(v)}" for kind, v in parts.items()) or None
-
-
-def missing_commands(rendered: list[Rendered]) -> list[str]:
-    return sorted({r.job.stage.command for r in rendered if command_module(r.job.stage.command) is None})
 
 
 def dry_run(rendered: list[Rendered], out=sys.stdout) -> None:

@@ -7,6 +7,9 @@ at any TP/PP layout. The output loads with ``AutoModelForCausalLM.from_pretraine
 from __future__ import annotations
 
 import argparse
+import os
+
+from echo_megatron.config import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +19,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's config")
 
 
+def export_hf(checkpoint: str, out_dir: str, dtype: str = "float32", overrides: tuple[str, ...] = ()) -> str:
+    """Load ``checkpoint`` (any layout) at TP = PP = 1 and write a transformers model to ``out_dir``."""
+    import torch
+
+    from echo_megatron.checkpoint import find_checkpoint
+    from echo_megatron.checkpoint.hf_export import build_hf_model, hf_architecture, save_tokenizer
+    from echo_megatron.config import load_config
+    from echo_megatron.distributed.init import detect_env
+    from echo_megatron.rollout.loading import load_policy, run_config_path
+
+    if detect_env().world_size != 1:
+        raise ConfigError("export-hf runs in one process (it reshards any TP/PP layout to TP=1 PP=1 itself)")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ConfigError(f"export-hf: --dtype must be float32, bfloat16 or float16, not {dtype}")
+    hf_architecture(load_config(run_config_path(find_checkpoint(checkpoint)), list(overrides)).model)
+    policy = load_policy(checkpoint, [*overrides, "parallel.sequence_parallel=false"], tp=1)
+    hf = build_hf_model(policy.model, policy.cfg.model, policy.vocab.eod, policy.vocab.pad, torch_dtype)
+    os.makedirs(out_dir, exist_ok=True)
+    hf.save_pretrained(out_dir, safe_serialization=True)
+    if policy.tokenizer is not None:
+        save_tokenizer(policy.tokenizer, out_dir)
+    return out_dir
+
+
 def run(args: argparse.Namespace) -> int:
-    from echo_megatron.checkpoint.hf_export import export_hf
     from echo_megatron.distributed.init import destroy
 
     try:

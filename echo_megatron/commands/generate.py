@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
         params = SamplingParams.from_config(r, n=args.n, **{k: v for k, v in given.items() if v is not None})
         sampler = Sampler(
             policy.model,
-            eod_id=policy.eod_id,
-            pad_id=policy.pad_id,
+            eod_id=policy.vocab.eod,
+            pad_id=policy.vocab.pad,
             max_seq_len=args.max_seq_len or policy.cfg.model.seq_length,
-            vocab_size=policy.vocab_size,
+            vocab_size=policy.vocab.size,
             decode=policy.decode,
             max_batch=r.batch_size,
         )

@@ -1,4 +1,8 @@
-"""``echo-megatron params PRESET|RECIPE [k=v ...]``: parameter count per component (meta device)."""
+"""``echo-megatron params PRESET|RECIPE [k=v ...]``: parameter count per component (meta device).
+
+The vocabulary is the one the recipe trains: its tokenizer's when ``data.tokenizer.path`` is set (else, or
+when that tokenizer is not on this machine, ``model.vocab_size``; the line says which).
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.model.params import count_parameters, human
+    from echo_megatron.model.vocab import resolve_vocab
 
     if os.path.isfile(args.preset):
         cfg = load_config(args.preset, args.overrides)
     else:
         cfg = load_config(None, [f"model.preset={args.preset}", *args.overrides])
-    counts = count_parameters(cfg)
+    vocab = resolve_vocab(cfg, tp=1, missing_ok=True)
+    counts = count_parameters(cfg, vocab.size)
     m = cfg.model
     print(
         f"model: {m.preset or args.preset}  d={m.hidden_size} layers={m.num_layers} heads={m.num_attention_heads} "
-        f"ffn={m.ffn_hidden_size or 4 * m.hidden_size} vocab={m.vocab_size} "
-        f"tied={not m.untie_embeddings_and_output_weights} norm={m.normalization}"
+        f"ffn={m.ffn_hidden_size or 4 * m.hidden_size} vocab={vocab.size} (padded {vocab.padded}; from "
+        f"{vocab.source}) tied={not m.untie_embeddings_and_output_weights} norm={m.normalization}"
     )
     for name, n in counts.items():
         print(f"  {name:<14} {n:>15,}  {human(n):>8}")

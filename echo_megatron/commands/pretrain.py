@@ -13,11 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.distributed.init import destroy
+    from echo_megatron.model.runtime import resolve_runtime
     from echo_megatron.training.loop import pretrain
-    from echo_megatron.training.precision import check_runtime
 
     cfg = load_from_args(args)
-    check_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
+    resolve_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
     try:
         out = pretrain(cfg)
     finally:

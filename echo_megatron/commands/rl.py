@@ -13,12 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.distributed.init import destroy
+    from echo_megatron.model.runtime import resolve_runtime
     from echo_megatron.rl.base import inherit_base
     from echo_megatron.rl.loop import train_rl
-    from echo_megatron.training.precision import check_runtime
 
     cfg = inherit_base(load_from_args(args))
-    check_runtime(cfg)  # exit 2 before any process group starts
+    resolve_runtime(cfg)  # exit 2 before any process group starts
     try:
         out = train_rl(cfg)
     finally:

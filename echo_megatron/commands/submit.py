@@ -2,15 +2,19 @@
 
 A plain recipe becomes one job running ``--command`` (default pretrain); a pipeline recipe (a ``stages``
 list, see echo_megatron/cluster/pipeline.py) becomes one job per stage chained with ``--dependency=afterok``
-(grid stages: job arrays); a sweep grid file (``axes``, see echo_megatron/report/sweep.py) one job array. Prints the job ids; ``--dry-run`` prints the sbatch scripts instead.
+(grid stages: job arrays); a sweep grid file (``axes``, see echo_megatron/config/sweep.py) one job array. Prints the job ids; ``--dry-run`` prints the sbatch scripts instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
+from echo_megatron.cluster.submit import Rendered
+from echo_megatron.commands import COMMANDS
 from echo_megatron.commands._common import add_recipe_arguments
+from echo_megatron.config import ConfigError
 
 # flag -> cluster.* key
 FLAGS = {
@@ -40,9 +44,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit nothing")
 
 
+def command_module(command: str) -> str | None:
+    """The module under echo_megatron.commands that implements ``command``; None if not in this install."""
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command '{command}' (known: {', '.join(COMMANDS)})")
+    module = f"echo_megatron.commands.{COMMANDS[command][0]}"
+    return module if importlib.util.find_spec(module) is not None else None
+
+
+def missing_commands(rendered: list[Rendered]) -> list[str]:
+    """The commands the rendered jobs run that this installation lacks (an unknown one is a ConfigError)."""
+    return sorted({r.job.stage.command for r in rendered if command_module(r.job.stage.command) is None})
+
+
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.cluster import slurm
-    from echo_megatron.cluster.submit import dry_run, missing_commands, prepare, submit
+    from echo_megatron.cluster.submit import dry_run, prepare, submit
 
     flags = [
         f"cluster.{key}={getattr(args, dest)}"

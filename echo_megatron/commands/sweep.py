@@ -1,7 +1,7 @@
 """``echo-megatron sweep GRID.yaml [--dry-run] [--out DIR]``: expand a grid into recipes.
 
-``--dry-run`` lists every run with its base recipe, its overrides and (when the planner is available)
-its estimated cost, and writes nothing. Otherwise the recipes go to ``--out`` (default
+``--dry-run`` lists every run with its base recipe, its overrides and the planner's estimate of its cost
+(``cluster.plan.estimate_gpu_hours``), and writes nothing. Otherwise the recipes go to ``--out`` (default
 ``sweeps/<grid name>``) with ``runs.txt`` and ``sweep.json``; each recipe is checked by loading it.
 """
 
@@ -11,6 +11,7 @@ import argparse
 import os
 
 from echo_megatron.config import ConfigError
+from echo_megatron.config.sweep import SweepRun
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +26,18 @@ def _fmt(v) -> str:
     return format(v, "g") if isinstance(v, float) else str(v)
 
 
+def run_cost(run: SweepRun) -> float | None:
+    """GPU-hours of one run of the grid from the planner; None when its base recipe is missing."""
+    from echo_megatron.cluster.plan import estimate_gpu_hours
+    from echo_megatron.config import load_config
+
+    if run.base and not os.path.isfile(run.base):
+        return None
+    return float(estimate_gpu_hours(load_config(run.base, run.override_args())))
+
+
 def run(args: argparse.Namespace) -> int:
-    from echo_megatron.report.sweep import (
-        cost_estimator,
-        expand,
-        load_grid,
-        missing_bases,
-        run_cost,
-        write_recipes,
-    )
+    from echo_megatron.config.sweep import expand, load_grid, missing_bases, write_recipes
 
     grid = load_grid(args.grid)
     runs = expand(grid)
@@ -43,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if grid.fixed:
         print("every run sets: " + " ".join(f"{k}={_fmt(v)}" for k, v in grid.fixed.items()))
     if args.dry_run:
-        estimator = cost_estimator()
-        costs = [run_cost(r, estimator) for r in runs]
+        costs = [run_cost(r) for r in runs]
         width = max(len(r.name) for r in runs)
         for i, (r, cost) in enumerate(zip(runs, costs), 1):
             base = os.path.relpath(r.base) if r.base else "(schema defaults)"
@@ -52,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
             over = " ".join(f"{k}={_fmt(v)}" for k, v in r.overrides.items())
             cost_s = f"{cost:.1f} GPU-h" if cost is not None else "cost n/a"
             print(f"{i:>4}  {r.name:<{width}}  {cost_s:>12}  base={base}{flag}  {over}  -> {r.run_dir}")
-        if estimator is None:
-            print("cost: n/a (the planner, echo_megatron.cluster.plan.estimate_gpu_hours, is not available)")
-        elif all(c is not None for c in costs):
+        if all(c is not None for c in costs):
             print(f"total: {sum(costs):.1f} GPU-h")
         if missing:
             print("missing base recipes (create them before writing the sweep):")

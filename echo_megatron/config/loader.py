@@ -11,9 +11,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from echo_megatron.config.presets import PRESETS
 from echo_megatron.config.schema import ExperimentConfig
 from echo_megatron.errors import UserError
 
@@ -49,6 +51,21 @@ def _read_yaml(path: str) -> DictConfig:
     return cfg
 
 
+def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """The YAML mapping in ``path``, a ``what`` file (grid, pipeline); a ConfigError naming the file when it is
+    missing, not YAML, or not a mapping."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
+    return data
+
+
 def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, DictConfig]]:
     """[(file, cfg)] from the root base to ``path``; ``base:`` keys are removed."""
     path = os.path.abspath(path)
@@ -64,7 +81,8 @@ def _recipe_chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, Dict
     return chain + [(path, cfg)]
 
 
-def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
+def merge_checked(base: DictConfig, layer: Any, where: str) -> DictConfig:
+    """``OmegaConf.merge(base, layer)``; a key or value the schema refuses is a ConfigError naming ``where``."""
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:
@@ -74,8 +92,6 @@ def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
 
 
 def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) -> tuple[str, dict]:
-    from echo_megatron.model.presets import PRESETS
-
     name = OmegaConf.select(overrides, "model.preset", default=None)
     for _, cfg in reversed(chain):  # the command line, then the most derived recipe, wins
         name = OmegaConf.select(cfg, "model.preset", default=None) if name is None else name
@@ -84,6 +100,20 @@ def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) ->
     if name not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset '{name}' (known: {', '.join(PRESETS)})")
     return name, {"model": PRESETS[name]}
+
+
+def dotlist_value(v: Any) -> str:
+    """A value as OmegaConf's dotlist parser reads it back in a ``key=value`` override (lists and dicts in flow
+    style; a string YAML would read as something else is quoted)."""
+    if isinstance(v, (list, dict)):
+        return yaml.safe_dump(v, default_flow_style=True).strip()
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) and yaml.safe_load(v) != v:  # "12:00:00" would read back as the int 43200
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
 
 
 def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig:
@@ -99,10 +129,10 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         raise ConfigError(f"command line: {e}") from e
     preset_name, preset = _preset_layer(chain, dotlist)
     if preset:
-        cfg = _merge(cfg, preset, f"preset {preset_name}")
+        cfg = merge_checked(cfg, preset, f"preset {preset_name}")
     for path, layer in chain:
-        cfg = _merge(cfg, layer, path)
-    cfg = _merge(cfg, dotlist, "command line")
+        cfg = merge_checked(cfg, layer, path)
+    cfg = merge_checked(cfg, dotlist, "command line")
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

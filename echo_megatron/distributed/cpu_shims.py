@@ -38,8 +38,10 @@ which is called only when the run's device is the CPU (never on GPU runs), and a
    this project's AMD EPYC (AVX-512, 2 threads) the linears' shapes ran 1.05-1.4x faster (``model.cpu_gemm``).
    The weight-gradient GEMM stays BLAS (shim 5's in-place accumulate, which oneDNN does not expose).
 
-Shims 5 and 6 are what the model builder keys its fusion flags on (``wgrad_fusion_installed``,
-``rope_fusion_installed``): they are never turned on where the CPU versions are not installed.
+Shims 5 and 6 make two megatron fusions usable on a CPU. :func:`enable_cpu_shims` returns a :class:`CpuShims`
+record of what it installed; it reaches the model builder through ``model.runtime.Runtime.cpu_shims``, and
+its :meth:`CpuShims.transformer_overrides` are the TransformerConfig fields that turn the fusions on. So they
+are on exactly where the CPU versions are installed, and the builder never inspects megatron's modules.
 """
 
 from __future__ import annotations
@@ -47,12 +49,32 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-_ENABLED = False  # idempotence guard for enable_cpu_shims (process-wide, like torch's own mode stack)
+
+@dataclass(frozen=True)
+class CpuShims:
+    """What :func:`enable_cpu_shims` installed, and the megatron fusions that need it."""
+
+    wgrad_fusion: bool = True  # shim 5: fused_weight_gradient_mlp_cuda on the CPU
+    rope_fusion: bool = True  # shim 6: fused_apply_rotary_pos_emb on the CPU
+
+    def transformer_overrides(self, *, rope: bool, trained: bool) -> dict[str, bool]:
+        """The ``TransformerConfig`` fusion fields for a local-spec model on this CPU: fused RoPE for RoPE models;
+        weight gradients accumulated straight into DDP's ``main_grad`` buffer for ``trained`` models (wrapped in
+        megatron DDP, so their weights have one). Models used without DDP (inference, the frozen reference)
+        compute ordinary weight gradients."""
+        return {
+            "apply_rope_fusion": self.rope_fusion and rope,
+            "gradient_accumulation_fusion": self.wgrad_fusion and trained,
+        }
+
+
+_INSTALLED: CpuShims | None = None  # what enable_cpu_shims installed (process-wide, like torch's mode stack)
 
 
 def _is_cuda_device(dev: Any) -> bool:
@@ -326,15 +348,20 @@ def cpu_gemm_installed() -> str:
     return "onednn" if layers.LinearWithFrozenWeight is onednn else "torch"
 
 
-def enable_cpu_shims(gemm: str = "auto") -> None:
+def installed_shims() -> CpuShims | None:
+    """The shims :func:`enable_cpu_shims` installed in this process; None before (and on GPU runs)."""
+    return _INSTALLED
+
+
+def enable_cpu_shims(gemm: str = "auto") -> CpuShims:
     """Install shims 1, 2, 5 and 6 for the rest of the process (CPU runs only; idempotent), and route the
     linears' GEMMs as ``gemm`` says (shim 7, see :func:`set_cpu_gemm`; applied on every call)."""
-    global _ENABLED
+    global _INSTALLED
     if torch.cuda.is_available():
         raise RuntimeError("enable_cpu_shims() is for CPU-only runs; this machine has CUDA")
     set_cpu_gemm(gemm)
-    if _ENABLED:
-        return
+    if _INSTALLED is not None:
+        return _INSTALLED
     torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.empty_cache = lambda: None
@@ -342,4 +369,5 @@ def enable_cpu_shims(gemm: str = "auto") -> None:
     CudaToCpuMode().__enter__()  # stays on the mode stack for the life of the process
     install_wgrad_accumulation_fusion()
     install_rope_fusion()
-    _ENABLED = True
+    _INSTALLED = CpuShims(wgrad_fusion=True, rope_fusion=True)
+    return _INSTALLED

@@ -1,7 +1,14 @@
-"""Config -> megatron-core ``GPTModel``: TransformerConfig, layer spec (local or TransformerEngine), model.
+"""Config -> megatron-core ``GPTModel``, in four steps:
 
-Parallelism is applied to the model afterwards (training/setup.py wraps it in megatron DDP); this
-module only builds the module for the calling rank's pipeline stage.
+1. the runtime: device, layer implementation, precision, CPU shims (``model.runtime.resolve_runtime``; the
+   callers that build several models resolve it once and pass it in);
+2. the ``TransformerConfig`` (:func:`transformer_config`): the architecture from ``cfg.model``, the layout from
+   ``cfg.parallel``, and what the runtime decides (dtypes, the CPU shims' fusions, FP8 recipe knobs);
+3. the layer spec (:func:`layer_spec`): megatron's local spec with our core attention, MLP and norms (the
+   norm kind rides in the spec's params), or the TransformerEngine spec;
+4. the model (:func:`build_model`) for the calling rank's pipeline stage.
+
+Parallelism is applied to the model afterwards (training/setup.py wraps it in megatron DDP).
 """
 
 from __future__ import annotations
@@ -10,18 +17,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-PRECISIONS = ("fp32", "bf16", "fp8")
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Round the vocabulary up to a multiple of ``divisible_by`` (times ``tp`` only when ``tp`` does not divide it).
-
-    Megatron-LM always pads to ``divisible_by * tp``, so the same model has a different padded vocabulary at
-    TP=1 and TP=2 and its embedding rows do not reshard exactly. With ``divisible_by`` a multiple of the TP
-    size (128 and TP 1/2/4/8), ours is the same at every layout.
-    """
-    multiple = divisible_by if divisible_by % tp == 0 else divisible_by * tp
-    return ((vocab_size + multiple - 1) // multiple) * multiple
+from echo_megatron.config import ConfigError
+from echo_megatron.model.precision import fp8_transformer_kwargs
+from echo_megatron.model.runtime import Runtime, resolve_runtime
+from echo_megatron.model.vocab import padded_vocab_size
 
 
 def truncated_normal_init(std: float):
@@ -33,66 +32,18 @@ def truncated_normal_init(std: float):
     return init_
 
 
-def resolve_transformer_impl(cfg: DictConfig) -> str:
-    """``local`` | ``transformer_engine``; ``auto`` = TE when importable and CUDA is present."""
-    impl = cfg.model.transformer_impl
-    te_ok = _te_available()
-    if impl == "auto":
-        return "transformer_engine" if te_ok and torch.cuda.is_available() else "local"
-    if impl == "transformer_engine" and not (te_ok and torch.cuda.is_available()):
-        raise RuntimeError(
-            "model.transformer_impl=transformer_engine needs TransformerEngine and a CUDA GPU "
-            f"(TransformerEngine importable: {te_ok}; CUDA available: {torch.cuda.is_available()}). "
-            "Use model.transformer_impl=local on CPU."
-        )
-    if impl not in ("local", "transformer_engine"):
-        raise ValueError(
-            f"model.transformer_impl: unknown value '{impl}' (local | transformer_engine | auto)"
-        )
-    return impl
+def transformer_config(cfg: DictConfig, runtime: Runtime | None = None, *, for_ddp: bool = False):
+    """The megatron ``TransformerConfig`` for ``cfg.model`` / ``cfg.parallel`` / ``cfg.train`` on ``runtime``
+    (resolved here when not given).
 
-
-def _te_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def check_precision(cfg: DictConfig, impl: str) -> None:
-    prec = cfg.train.precision
-    if prec not in PRECISIONS:
-        raise ValueError(f"train.precision: unknown value '{prec}' ({' | '.join(PRECISIONS)})")
-    if prec == "fp8" and impl != "transformer_engine":
-        raise RuntimeError(
-            "train.precision=fp8 needs model.transformer_impl=transformer_engine on a CUDA GPU "
-            "with TransformerEngine (FP8 is an H100/Hopper feature)"
-        )
-    if prec == "bf16" and not torch.cuda.is_available():
-        raise RuntimeError("train.precision=bf16 is for GPU runs; CPU runs use fp32")
-
-
-def transformer_config(cfg: DictConfig, vocab_size: int | None = None, *, for_ddp: bool = False):
-    """The megatron ``TransformerConfig`` for ``cfg.model`` / ``cfg.parallel`` / ``cfg.train``.
-
-    On a CPU (the shims of ``distributed.cpu_shims`` installed) the local spec uses the CPU versions of two
-    megatron fusions: fused RoPE (``apply_rope_fusion``) and, when ``for_ddp`` (the model will be wrapped in
-    megatron DDP and trained, so its weights get a ``main_grad`` buffer), weight gradients accumulated straight
-    into that buffer (``gradient_accumulation_fusion``). Models used without DDP (inference, the frozen
-    reference) leave the latter off. GPU runs keep both off in the local spec (TE has its own kernels).
+    ``for_ddp``: the model will be wrapped in megatron DDP and trained, so its weights get a ``main_grad``
+    buffer (on a CPU the shims then accumulate weight gradients straight into it).
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    runtime = runtime or resolve_runtime(cfg)
     m, p = cfg.model, cfg.parallel
-    impl = resolve_transformer_impl(cfg)
-    check_precision(cfg, impl)
-    on_cpu = not torch.cuda.is_available() or cfg.parallel.device == "cpu"
-    bf16 = cfg.train.precision in ("bf16", "fp8")
     init = truncated_normal_init(m.init_method_std)
-    from echo_megatron.distributed.cpu_shims import rope_fusion_installed, wgrad_fusion_installed
-
-    local_cpu = impl == "local" and on_cpu
     kwargs = dict(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -114,47 +65,37 @@ def transformer_config(cfg: DictConfig, vocab_size: int | None = None, *, for_dd
         virtual_pipeline_model_parallel_size=p.vpp,
         sequence_parallel=p.sequence_parallel and p.tp > 1,
         use_cpu_initialization=True,  # TP-invariant init: the full matrix is drawn, then split
-        params_dtype=torch.bfloat16 if bf16 else torch.float32,
-        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
-        bf16=bf16,
         calculate_per_token_loss=True,  # exact token-mean losses across DP / micro-batch layouts
         masked_softmax_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        apply_rope_fusion=local_cpu and m.position_embedding_type == "rope" and rope_fusion_installed(),
-        gradient_accumulation_fusion=for_ddp and local_cpu and wgrad_fusion_installed(),
         persist_layer_norm=False,
-        deallocate_pipeline_outputs=not on_cpu,
     )
     if m.recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    from echo_megatron.training.precision import fp8_transformer_kwargs
-
+    kwargs.update(runtime.transformer_overrides(rope=m.position_embedding_type == "rope", trained=for_ddp))
     kwargs.update(fp8_transformer_kwargs(cfg))  # validated FP8 recipe knobs (empty unless precision=fp8)
-    tc = TransformerConfig(**kwargs)
-    tc.echo_normalization = m.normalization  # read by model.norms.Norm
-    tc.echo_transformer_impl = impl
-    return tc
+    return TransformerConfig(**kwargs)
 
 
-def layer_spec(cfg: DictConfig, tc, vp_stage: int | None = None):
-    """Block spec for this rank's pipeline stage: local spec with our norms, or the TE spec."""
+def layer_spec(cfg: DictConfig, tc, runtime: Runtime, vp_stage: int | None = None):
+    """Block spec for this rank's pipeline stage: the local spec with our modules, or the TE spec."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
+    from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_block import (
         TransformerBlockSubmodules,
         get_num_layers_to_build,
     )
 
-    from echo_megatron.config.loader import ConfigError
     from echo_megatron.model.attention import SDPAttention
     from echo_megatron.model.mlp import GatedMLP
     from echo_megatron.model.norms import Norm
 
-    if tc.echo_transformer_impl == "transformer_engine":
+    if runtime.transformer_impl == "transformer_engine":
         from megatron.core.extensions.transformer_engine import TENorm
 
         spec = get_gpt_layer_with_transformer_engine_spec()
@@ -167,9 +108,9 @@ def layer_spec(cfg: DictConfig, tc, vp_stage: int | None = None):
         elif core != "megatron":
             raise ConfigError(f"model.core_attention: unknown value '{core}' (sdpa | megatron)")
         spec.submodules.mlp = GatedMLP  # the local spec's linears; see model/mlp.py
-        spec.submodules.input_layernorm = Norm
-        spec.submodules.pre_mlp_layernorm = Norm
-        final_norm = Norm
+        final_norm = ModuleSpec(module=Norm, params={"kind": cfg.model.normalization})
+        spec.submodules.input_layernorm = final_norm
+        spec.submodules.pre_mlp_layernorm = final_norm
     n = get_num_layers_to_build(tc, vp_stage=vp_stage, pp_rank=ps.get_pipeline_model_parallel_rank())
     return TransformerBlockSubmodules(layer_specs=[spec] * n, layer_norm=final_norm)
 
@@ -181,21 +122,24 @@ def build_model(
     pre_process: bool | None = None,
     post_process: bool | None = None,
     for_ddp: bool = False,
+    runtime: Runtime | None = None,
 ):
     """A megatron ``GPTModel`` for this rank's pipeline stage (unwrapped, on the CPU until moved).
 
-    ``for_ddp``: it will be wrapped in megatron DDP and trained (see ``transformer_config``)."""
+    ``vocab_size``: the tokenizer's (padded here, ``model.vocab.padded_vocab_size``). ``for_ddp``: it will be wrapped
+    in megatron DDP and trained (see :func:`transformer_config`). ``runtime``: resolved here when not given."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    tc = transformer_config(cfg, for_ddp=for_ddp)
+    runtime = runtime or resolve_runtime(cfg)
+    tc = transformer_config(cfg, runtime, for_ddp=for_ddp)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if post_process is None:
         post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     model = GPTModel(
         config=tc,
-        transformer_layer_spec=layer_spec(cfg, tc, vp_stage),
+        transformer_layer_spec=layer_spec(cfg, tc, runtime, vp_stage),
         vocab_size=padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp),
         max_sequence_length=cfg.model.seq_length,
         pre_process=pre_process,
@@ -210,7 +154,7 @@ def build_model(
         # whole model, as megatron's Float16Module does, so no fp32 weight meets bf16 activations.
         model.to(dtype=tc.params_dtype)
     if (
-        tc.echo_transformer_impl == "transformer_engine"
+        runtime.transformer_impl == "transformer_engine"
         and cfg.model.normalization == "NonParametricLayerNorm"
     ):
         freeze_te_norm_params(model)

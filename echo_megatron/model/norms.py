@@ -14,11 +14,19 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 
 class Norm(torch.nn.Module):
-    """The norm named by ``config.echo_normalization`` (set by model.builder)."""
+    """The norm ``kind`` (``model.normalization``; model.builder passes it through the layer spec's params),
+    else megatron's ``config.normalization``."""
 
-    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        hidden_size: int,
+        eps: float = 1e-5,
+        kind: str | None = None,
+        **_: object,
+    ) -> None:
         super().__init__()
-        self.kind = getattr(config, "echo_normalization", config.normalization)
+        self.kind = kind or config.normalization
         self.eps = eps
         self.hidden_size = hidden_size
         if self.kind == "NonParametricLayerNorm":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "output_layer")
 
@@ -35,18 +35,26 @@ def count_by_component(model: torch.nn.Module) -> OrderedDict[str, int]:
 
 
 def count_parameters(cfg: DictConfig, vocab_size: int | None = None) -> OrderedDict[str, int]:
-    """Build the full (TP=PP=1) model on the meta device and count its parameters per component."""
+    """Build the full (TP=PP=1) model on the meta device and count its parameters per component.
+
+    ``vocab_size``: default the vocabulary ``cfg`` trains (``model.vocab.resolve_vocab``; ``model.vocab_size``
+    when its tokenizer is not on this machine)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from echo_megatron.distributed.init import _free_port
     from echo_megatron.model.builder import build_model
+    from echo_megatron.model.vocab import resolve_vocab
 
-    cfg = cfg.copy()
-    cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp = 1, 1, None
-    cfg.parallel.sequence_parallel = False
-    cfg.model.transformer_impl = "local"
-    cfg.train.precision = "fp32"
+    vocab_size = vocab_size or resolve_vocab(cfg, missing_ok=True).size
+    cfg = OmegaConf.merge(
+        cfg,
+        {
+            "parallel": {"tp": 1, "pp": 1, "vpp": None, "sequence_parallel": False, "device": "cpu"},
+            "model": {"transformer_impl": "local"},
+            "train": {"precision": "fp32"},
+        },
+    )
     own_group = not dist.is_initialized()
     if own_group:
         dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{_free_port()}")
@@ -55,7 +63,7 @@ def count_parameters(cfg: DictConfig, vocab_size: int | None = None) -> OrderedD
         ps.initialize_model_parallel(1, 1)
     try:
         with torch.device("meta"):
-            model = build_model(cfg, vocab_size or cfg.model.vocab_size, pre_process=True, post_process=True)
+            model = build_model(cfg, vocab_size, pre_process=True, post_process=True)
         return count_by_component(model)
     finally:
         if own_ps:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from echo_megatron.faults import maybe_fail
 from echo_megatron.rl.algorithms import make_algorithm
 from echo_megatron.rl.ei import ei_round, load_kept
 from echo_megatron.rl.pg import build_pg, pg_step, total_rl_steps
 from echo_megatron.rl.session import RLSession, build_session
-from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.loop import StopSignal, _say
 from echo_megatron.training.progress import Progress
 

@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 
 from echo_megatron.distributed import collectives
 from echo_megatron.eval.estimators import format_metrics
+from echo_megatron.model.precision import width_multiple
 from echo_megatron.rl.algorithms import Algorithm
 from echo_megatron.rl.experience import Experience
 from echo_megatron.rl.forward import collect, critic_values, policy_logits, token_entropy, token_logprobs
 from echo_megatron.rl.models import build_critic_chunks, build_reference
 from echo_megatron.rl.session import RLSession, Samples, Trainable, build_trainable
-from echo_megatron.training.precision import width_multiple
 from echo_megatron.training.step import train_step
 
 

@@ -26,6 +26,8 @@ from echo_megatron.checkpoint import checkpoint_dir, latest_checkpoint, load_che
 from echo_megatron.data.tokenizer import load_tokenizer
 from echo_megatron.distributed import collectives
 from echo_megatron.distributed.init import initialize
+from echo_megatron.model.precision import bf16_generation
+from echo_megatron.model.vocab import resolve_vocab
 from echo_megatron.rewards import SandboxPool, ScoreResult, score
 from echo_megatron.rl.base import base_checkpoint
 from echo_megatron.rl.prompts import Prompt, PromptSampler, load_prompts
@@ -33,7 +35,6 @@ from echo_megatron.rollout.backend import Rollout, make_backend
 from echo_megatron.rundir import RunDir
 from echo_megatron.training.loop import _say, save_config
 from echo_megatron.training.metrics import MetricsLogger
-from echo_megatron.training.precision import bf16_generation
 from echo_megatron.training.setup import (
     attach_schedule_hooks,
     build_model_chunks,
@@ -232,9 +233,9 @@ def build_session(cfg: DictConfig, num_steps: Callable[[int], int]) -> RLSession
     _, device = initialize(cfg)
     rank = collectives.rank()
     tok = load_tokenizer(cfg.data.tokenizer)
-    # VOCAB: the model's vocabulary is the tokenizer's (written into the config that is saved with the run).
-    cfg.model.vocab_size = vocab = tok.vocab_size
-    save_config(cfg, cfg.run_dir)
+    resolved = resolve_vocab(cfg, tokenizer=tok)  # the tokenizer's vocabulary; config.yaml records it
+    vocab = resolved.size
+    save_config(cfg, cfg.run_dir, resolved)
     prompts = load_prompts(cfg.rl.prompts)
     steps = num_steps(len(prompts))
     sampler = PromptSampler(len(prompts), cfg.rl.num_rollout_samples, cfg.rl.seed)

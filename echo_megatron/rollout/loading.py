@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from echo_megatron.config import ConfigError
+from echo_megatron.model.vocab import Vocab
 from echo_megatron.rundir import RunDir
 
 
@@ -24,9 +25,7 @@ class LoadedPolicy:
     cfg: DictConfig
     model: Any  # megatron GPTModel (eval mode)
     tokenizer: Any | None  # echo_megatron.data.tokenizer.Tokenizer, or None for token-id-only runs
-    vocab_size: int  # before padding
-    eod_id: int
-    pad_id: int
+    vocab: Vocab  # size (before padding), EOD and pad ids
     iteration: int
     checkpoint: str
     device: torch.device
@@ -54,7 +53,7 @@ def inference_overrides(tp: int, device: str | None = None, trained_in: str = "f
     A run trained in FP8 generates in bf16 on a GPU (same TE layers and weights, no FP8 recipe); on a CPU every
     run loads in fp32 with the local spec.
     """
-    from echo_megatron.training.precision import generation_overrides
+    from echo_megatron.model.precision import generation_overrides
 
     on_gpu = torch.cuda.is_available() and device != "cpu"
     out = [
@@ -80,6 +79,7 @@ def load_policy(path: str, overrides: Sequence[str] = (), tp: int | None = None)
     from echo_megatron.config import load_config
     from echo_megatron.distributed.init import detect_env, initialize
     from echo_megatron.model.builder import build_model
+    from echo_megatron.model.vocab import resolve_vocab
 
     ckpt = find_checkpoint(path)
     world = detect_env().world_size
@@ -92,17 +92,14 @@ def load_policy(path: str, overrides: Sequence[str] = (), tp: int | None = None)
         from echo_megatron.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.data.tokenizer)
-        vocab, eod, pad = tokenizer.vocab_size, tokenizer.eod, tokenizer.pad
-        if vocab != cfg.model.vocab_size:
-            raise ConfigError(
-                f"tokenizer {cfg.data.tokenizer.path} has {vocab} tokens but the run's model.vocab_size is "
-                f"{cfg.model.vocab_size}"
-            )
-    else:  # mock-data runs: the trainer's convention (training/loop.py resolve_vocab)
-        vocab = cfg.model.vocab_size
-        eod = pad = vocab - 1
-    model = build_model(cfg, vocab).to(device)
+    vocab = resolve_vocab(cfg, tokenizer=tokenizer)
+    if vocab.size != cfg.model.vocab_size:  # the run's config.yaml records the vocabulary it trained
+        raise ConfigError(
+            f"tokenizer {cfg.data.tokenizer.path} has {vocab.size} tokens but the run's model.vocab_size is "
+            f"{cfg.model.vocab_size}"
+        )
+    model = build_model(cfg, vocab.size).to(device)
     load_checkpoint(ckpt, [model], load_rng=False)
     model.eval()
     iteration = int(read_common_state(ckpt).get("iteration", 0))
-    return LoadedPolicy(cfg, model, tokenizer, vocab, eod, pad, iteration, ckpt, device)
+    return LoadedPolicy(cfg, model, tokenizer, vocab, iteration, ckpt, device)

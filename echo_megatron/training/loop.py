@@ -19,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.distributed import collectives
+from echo_megatron.faults import maybe_fail
+from echo_megatron.model.runtime import resolve_runtime
+from echo_megatron.model.vocab import Vocab, resolve_vocab
 from echo_megatron.rundir import RunDir
 from echo_megatron.training.batches import GlobalBatchSampler
-from echo_megatron.training.faults import maybe_fail
 from echo_megatron.training.metrics import MetricsLogger
 from echo_megatron.training.progress import Progress
 from echo_megatron.training.setup import build_train_state
@@ -43,21 +45,13 @@ class StopSignal:
         return collectives.any_rank(self.received is not None, device)
 
 
-def resolve_vocab(cfg: DictConfig) -> tuple[int, int]:
-    """(vocab size, EOD id): from the tokenizer when the recipe names one, else the model config."""
-    if cfg.data.tokenizer.path:
-        from echo_megatron.data.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(cfg.data.tokenizer)
-        cfg.model.vocab_size = tok.vocab_size
-        return tok.vocab_size, tok.eod
-    return cfg.model.vocab_size, cfg.model.vocab_size - 1
-
-
-def save_config(cfg: DictConfig, run_dir: str) -> None:
+def save_config(cfg: DictConfig, run_dir: str, vocab: Vocab | None = None) -> None:
+    """RUN_DIR/config.yaml (rank 0): the config as run; with ``vocab``, ``model.vocab_size`` records the
+    vocabulary the model was built with (the tokenizer's, when the recipe names one)."""
     if dist.get_rank() == 0:
         RunDir(run_dir).make()
-        OmegaConf.save(cfg, RunDir(run_dir).config)
+        saved = cfg if vocab is None else OmegaConf.merge(cfg, {"model": {"vocab_size": vocab.size}})
+        OmegaConf.save(saved, RunDir(run_dir).config)
 
 
 def _source_counts(train_ds, start: int, n: int) -> dict[str, float]:
@@ -83,10 +77,10 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
 
     env, device = initialize(cfg)
     rank = dist.get_rank()
-    vocab, eod = resolve_vocab(cfg)
-    save_config(cfg, cfg.run_dir)
+    vocab = resolve_vocab(cfg)
+    save_config(cfg, cfg.run_dir, vocab)
     run = RunDir(cfg.run_dir)
-    state = build_train_state(cfg, vocab, device, total_steps=cfg.train.steps)
+    state = build_train_state(cfg, vocab.size, device, cfg.train.steps, resolve_runtime(cfg))
     start_iter, consumed = 0, 0
     ckpt = latest_checkpoint(run.checkpoints) if cfg.checkpoint.resume else None
     if ckpt:
@@ -107,7 +101,9 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
         _say(rank, f"initialised from {path}")
 
     t = cfg.train
-    train_ds, _ = build_train_valid_datasets(cfg, DatasetTokenizer(vocab, eod), t.steps * t.global_batch_size)
+    train_ds, _ = build_train_valid_datasets(
+        cfg, DatasetTokenizer(vocab.size, vocab.eod), t.steps * t.global_batch_size
+    )
     sampler = GlobalBatchSampler(
         train_ds,
         t.global_batch_size,

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from echo_megatron.model.builder import build_model
+from echo_megatron.model.runtime import Runtime, resolve_runtime
 
 
 @dataclass
@@ -23,13 +24,23 @@ class TrainState:
     device: torch.device
 
 
-def build_model_chunks(cfg: DictConfig, vocab_size: int, device: torch.device, wrap_ddp: bool = True) -> list:
-    """One chunk per virtual pipeline stage, moved to ``device`` and wrapped in megatron DDP."""
+def build_model_chunks(
+    cfg: DictConfig,
+    vocab_size: int,
+    device: torch.device,
+    wrap_ddp: bool = True,
+    runtime: Runtime | None = None,
+) -> list:
+    """One chunk per virtual pipeline stage, moved to ``device`` and wrapped in megatron DDP; every chunk is
+    built for the same ``runtime`` (resolved here, after process-group start-up, when not given)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
+    runtime = runtime or resolve_runtime(cfg)
     vpp = cfg.parallel.vpp or 1
     chunks = [
-        build_model(cfg, vocab_size, vp_stage=(i if cfg.parallel.vpp else None), for_ddp=wrap_ddp)
+        build_model(
+            cfg, vocab_size, vp_stage=(i if cfg.parallel.vpp else None), for_ddp=wrap_ddp, runtime=runtime
+        )
         for i in range(vpp)
     ]
     chunks = [c.to(device) for c in chunks]
@@ -121,8 +132,10 @@ def attach_schedule_hooks(model: list, optimizer) -> None:
     tc.grad_scale_func = optimizer.scale_loss
 
 
-def build_train_state(cfg: DictConfig, vocab_size: int, device: torch.device, total_steps: int) -> TrainState:
-    model = build_model_chunks(cfg, vocab_size, device)
+def build_train_state(
+    cfg: DictConfig, vocab_size: int, device: torch.device, total_steps: int, runtime: Runtime | None = None
+) -> TrainState:
+    model = build_model_chunks(cfg, vocab_size, device, runtime=runtime)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
     attach_schedule_hooks(model, optimizer)

@@ -1,7 +1,8 @@
 """Fault injection for crash-consistency tests: ``ECHO_FAULT=<point>:<step>`` SIGKILLs this process there.
 
 Points: ``kill_at_step`` (after step N is logged) and ``kill_in_save`` (inside the save of step N, after
-the shards are written and before the checkpoint is renamed into place). Unset in normal runs.
+the shards are written and before the checkpoint is renamed into place). Unset in normal runs. A top-level
+module: the checkpoint writer and the training / RL loops all call it.
 """
 
 from __future__ import annotations

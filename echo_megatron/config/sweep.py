@@ -26,15 +26,20 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from echo_megatron.config import ConfigError, ExperimentConfig, load_config
+from echo_megatron.config.loader import (
+    ConfigError,
+    dotlist_value,
+    load_config,
+    merge_checked,
+    read_yaml_mapping,
+)
+from echo_megatron.config.schema import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class SweepRun:
             **self.overrides,
         }
 
+    def override_args(self) -> list[str]:
+        """:meth:`all_overrides` as ``key=value`` strings for ``load_config(self.base, ...)``."""
+        return [f"{k}={dotlist_value(v)}" for k, v in self.all_overrides().items()]
+
 
 # ---- loading -----------------------------------------------------------------------------------------
 
@@ -110,12 +119,7 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 def check_overrides(dotted: dict[str, Any], where: str) -> None:
     """Fail with a ConfigError naming ``where`` and the key if an override is not in the schema or mistyped."""
-    try:
-        OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(nest(dotted)))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: bad key '{key}': {msg}" if key else f"{where}: {msg}") from e
+    merge_checked(OmegaConf.structured(ExperimentConfig), OmegaConf.create(nest(dotted)), where)
 
 
 def _label_value(v: Any) -> str:
@@ -182,15 +186,7 @@ def _parse_axis(path: str, name: Any, spec: Any) -> Axis:
 
 def load_grid(path: str) -> Grid:
     """Parse and check a grid file (keys, types and every override against the config schema)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"grid file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a grid must be a YAML mapping")
+    raw = read_yaml_mapping(path, "grid")
     unknown = set(raw) - {"name", "base", "run_dir", "set", "axes", "description"}
     if unknown:
         raise ConfigError(
@@ -300,30 +296,3 @@ def write_recipes(grid: Grid, runs: list[SweepRun], out_dir: str, validate: bool
     with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
     return paths
-
-
-# ---- cost hook ---------------------------------------------------------------------------------------
-
-CostFn = Callable[[DictConfig], float]
-
-
-def cost_estimator() -> CostFn | None:
-    """The planner's ``echo_megatron.cluster.plan.estimate_gpu_hours(cfg) -> float`` when it exists.
-
-    This module never invents a cost: without the planner, dry runs say the cost is unavailable.
-    """
-    try:
-        from echo_megatron.cluster.plan import estimate_gpu_hours  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return estimate_gpu_hours
-
-
-def run_cost(run: SweepRun, estimator: CostFn | None) -> float | None:
-    """GPU-hours of one run from the planner, or None (no planner, or its base recipe is missing)."""
-    if estimator is None or (run.base and not os.path.isfile(run.base)):
-        return None
-    from echo_megatron.cluster.pipeline import _yaml_scalar
-
-    lines = [f"{k}={_yaml_scalar(v)}" for k, v in run.all_overrides().items()]
-    return float(estimator(load_config(run.base, lines)))

@@ -127,6 +127,8 @@ def fp8_transformer_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def te_available() -> bool:
+    """Whether TransformerEngine's PyTorch layers import here: the one probe (the TE layer spec, FP8 regions and
+    ``model.runtime`` all ask this)."""
     try:
         import transformer_engine.pytorch  # noqa: F401
     except Exception:
@@ -200,24 +202,3 @@ def generation_overrides(precision: str) -> list[str]:
 def width_multiple(cfg: Any) -> int:
     """The multiple RL experience batches are padded to: ``FP8_ALIGN`` for FP8 runs, else 1."""
     return FP8_ALIGN if cfg.train.precision == "fp8" else 1
-
-
-def check_runtime(cfg: Any) -> tuple[str, str]:
-    """(transformer impl, precision) for this machine, checked before any process group starts.
-
-    ``model.transformer_impl`` / ``train.precision`` / ``fp8.*`` that this machine cannot run raise a
-    :class:`ConfigError` (the CLI's exit status 2) with the reason, instead of a traceback after start-up.
-    """
-    from echo_megatron.model.builder import check_precision, resolve_transformer_impl
-
-    try:
-        impl = resolve_transformer_impl(cfg)
-        check_precision(cfg, impl)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-    if cfg.train.precision == "fp8":
-        validate_fp8(cfg.fp8, cfg.model.num_layers, cfg.parallel.pp)
-        problem = fp8_runtime_problem()
-        if problem:
-            raise ConfigError(problem)
-    return impl, cfg.train.precision
