@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
 
@@ -13,11 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.distributed.init import destroy
-    from echo_megatron.training.loop import pretrain
+    from echo_megatron.training.loop import pretrain, with_train_steps
     from echo_megatron.training.precision import check_runtime
 
     cfg = load_from_args(args)
     check_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
+    if (
+        cfg.train.epochs is not None
+    ):  # resolved here: an unpreprocessed mixture exits 2 before any group starts
+        epochs, cfg = cfg.train.epochs, with_train_steps(cfg)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[echo-megatron] train.epochs {epochs:g} = {cfg.train.steps:,} steps", flush=True)
     try:
         out = pretrain(cfg)
     finally:

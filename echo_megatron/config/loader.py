@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from echo_megatron.config.checks import ConfigValueError, check_config
 from echo_megatron.config.schema import ExperimentConfig
 from echo_megatron.errors import UserError
 
@@ -107,6 +108,10 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve interpolation: {e}") from e
+    try:
+        check_config(cfg)
+    except ConfigValueError as e:
+        raise ConfigError(f"{recipe or 'command line'}: {e}") from None
     OmegaConf.set_readonly(cfg, False)
     return cfg
 
