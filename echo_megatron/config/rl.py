@@ -192,7 +192,8 @@ class EvalConfig:
     ``temperature`` (ks larger than n are skipped).
     """
 
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | amc23 | testbed
+    # gsm8k | gsm8k_train | math500 | math_train | aime90 | aime24 | aime | amc23 | testbed (eval/tasks.py)
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
     paths: dict[str, str] = field(default_factory=dict)  # task -> local file overriding the shipped / hub one
     max_problems: Optional[int] = None  # the first N problems of each task
     greedy: bool = True  # a greedy pass for pass@1 (and the per-format table of greedy answers)
