@@ -151,6 +151,8 @@ def _derived(recipe: str, what: str) -> Any:
             return [tok.token(i) for i in tok.encode("12345") if tok.token(i) != "\u2581"] == list("12345")
         if fact == "adds_bos":
             return len(tok.encode("")) > 0  # an empty text encodes to nothing unless special tokens are added
+        if fact == "eod_token":
+            return tok.token(tok.eod)
         return getattr(tok, {"eod_id": "eod"}.get(fact, fact))
     if what.startswith("@padded_vocab.tp"):
         from echo_megatron.model.builder import padded_vocab_size

@@ -85,8 +85,7 @@ def test_config_shows_the_papers_pretraining_and_rl():
     assert pre["schedule"] == {"warmup_steps": 5000, "decay_style": "cosine", "decay_steps": None}
     assert (
         pre["data"]["tokenizer"]["path"] == "meta-llama/Llama-2-7b-hf"
-        and pre["data"]["tokenizer"]["eod"] == "</s>"
-    )
+    )  # its EOD: </s> (test_data_tokenizer_llama2)
     assert (pre["train"]["epochs"], pre["train"]["steps"], pre["train"]["global_batch_size"]) == (
         1.0,
         None,

@@ -19,9 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_from_args(args)
     check_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
-    if (
-        cfg.train.epochs is not None
-    ):  # resolved here: an unpreprocessed mixture exits 2 before any group starts
+    # train.epochs resolved here: an unpreprocessed mixture exits 2 before any process group starts
+    if cfg.train.epochs is not None:
         epochs, cfg = cfg.train.epochs, with_train_steps(cfg)
         if os.environ.get("RANK", "0") == "0":
             print(f"[echo-megatron] train.epochs {epochs:g} = {cfg.train.steps:,} steps", flush=True)
