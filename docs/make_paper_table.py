@@ -275,6 +275,7 @@ def _cell(value: Any) -> str:
         text = str(value).lower() if value is not None else "null"
     else:
         text = str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # </s> is not a tag
     return text.replace("|", "\\|").replace("\n", " ")
 
 

@@ -74,9 +74,9 @@ def _cli(*args: str) -> str:
     return r.stdout
 
 
-def test_params_of_the_models_the_recipes_train():
+def test_params_of_the_model_the_recipe_trains():
+    # the 1B (1,139,277,824), 300M and 500M counts are the @params probes of arch_* above
     assert "total              162,398,208" in _cli("params", "recipes/paper/150m_tg.yaml")
-    assert "total            1,139,277,824" in _cli("params", "recipes/paper/1b_tg.yaml")
 
 
 def test_config_shows_the_papers_pretraining_and_rl():
