@@ -126,8 +126,13 @@ def test_step_time_is_flops_over_mfu_times_peak():
     )
     assert plan.step_seconds(cfg, 16, recompute=False) == pytest.approx(flops / (16 * 989e12 * 0.5))
     assert plan.step_seconds(cfg, 16, recompute=True) == pytest.approx(flops / (16 * 989e12 * 0.5) * 4 / 3)
-    hours = plan.estimate_gpu_hours(load_config(RECIPE_1B, ["cluster.nodes=1"]))
-    assert hours > 0
+    hours = plan.estimate_gpu_hours(
+        load_config(RECIPE_1B, ["cluster.nodes=1", "train.epochs=null", "train.steps=100"])
+    )
+    assert hours == pytest.approx(plan.step_seconds(load_config(RECIPE_1B), 8) * 100 * 8 / 3600)
+    # the recipe's length is one mixture epoch: no price until its sources are preprocessed
+    unknown = load_config(RECIPE_1B, ["cluster.nodes=1", "data.indexed_dir=/nonexistent"])
+    assert plan.run_steps(unknown) is None and math.isnan(plan.estimate_gpu_hours(unknown))
 
 
 # A CPU run of the real trainer's model + megatron optimizer: peak RSS after one step minus RSS before the

@@ -63,3 +63,66 @@ def test_child_recipe_preset_wins(tmp_path):
     (tmp_path / "base.yaml").write_text("model: {preset: paper_150m}\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel: {preset: paper_1b}\n")
     assert load_config(str(tmp_path / "child.yaml")).model.hidden_size == 2048
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epochs=1"], r"train.steps \(100\) and train.epochs \(1.0\) are both set"),
+        (["train.steps=null"], "train.steps and train.epochs are both null"),
+        (["train.steps=null", "train.epochs=-1"], "train.epochs must be > 0"),
+        (["checkpoint.save_steps=[5,0]"], r"checkpoint.save_steps must be steps >= 1, got \[0\]"),
+        (["rl.lr_decay_style=exp"], "rl.lr_decay_style: unknown 'exp'"),
+        (["rl.lr_warmup_ratio=1.0"], r"rl.lr_warmup_ratio must be in \[0, 1\)"),
+        (["rl.min_lr_ratio=1.5"], r"rl.min_lr_ratio must be in \[0, 1\]"),
+        (["rl.critic_min_lr=-1e-7"], "rl.critic_min_lr must be >= 0"),
+        (["rl.prompt_template=chat"], "rl.prompt_template: unknown 'chat' \\(separator \\| raw\\)"),
+        (["rl.ei_max_new_tokens=0"], "rl.ei_max_new_tokens must be >= 1"),
+        (["rl.train_batch_size=0"], "rl.train_batch_size must be >= 1"),
+        (
+            ["rl.train_batch_size=48"],
+            r"rl.train_batch_size \(48\) must divide the rollout: .* = 64 x 8 = 512",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_value_errors_exit_2_naming_the_recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("rl: {train_batch_size: 7}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "echo_megatron", "config", str(p)], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and str(p) in r.stderr and "rl.train_batch_size (7) must divide" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_rl_lr_schedule_is_the_papers():
+    """Warmup ceil(3% x steps), cosine to 0.1 x each peak; the critic's absolute floor (docs/paper.md)."""
+    from echo_megatron.config.rl import rl_lr_schedule
+
+    rl = load_config("recipes/paper/rl/150m_ppo.yaml").rl
+    actor = rl_lr_schedule(rl, "actor", 9340)  # the paper's horizon: 10 x (7,473 x 8 // 64)
+    assert (actor.peak, actor.floor, actor.warmup_steps, actor.decay_style) == (1e-6, 1e-7, 281, "cosine")
+    critic = rl_lr_schedule(rl, "critic", 9340)
+    assert (critic.peak, critic.floor) == (1e-6, 7e-7)  # the code's critic: the actor's LR, floor 0.1 x 7e-6
+    sft = rl_lr_schedule(load_config("recipes/paper/rl/150m_ei.yaml").rl, "ei_sft", 58)
+    assert (sft.peak, sft.floor, sft.warmup_steps) == (1e-4, 1e-4 * 0.1, 2)
+    demo = rl_lr_schedule(load_config("recipes/demo/grpo_testbed.yaml").rl, "actor", 40)
+    assert (demo.floor, demo.warmup_steps, demo.decay_style) == (
+        demo.peak,
+        0,
+        "constant",
+    )  # defaults: constant
+
+
+def test_prompt_templates():
+    from echo_megatron.data.prompt import prompt_text
+
+    assert prompt_text("Q?") == "Q?\n\n" and prompt_text("Q?", "raw") == "Q?"
+    with pytest.raises(ValueError, match="unknown prompt template 'chat'"):
+        prompt_text("Q?", "chat")
+    assert load_config("recipes/paper/rl/1b_grpo.yaml").rl.prompt_template == "raw"

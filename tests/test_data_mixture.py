@@ -23,7 +23,13 @@ from echo_megatron.data.aligned import (
     prompt_loss_mask,
     sample_order,
 )
-from echo_megatron.data.mixture import blend_weights, format_table, plan_mixture, resolve_blend
+from echo_megatron.data.mixture import (
+    blend_weights,
+    format_table,
+    plan_mixture,
+    resolve_blend,
+    resolve_train_steps,
+)
 from echo_megatron.data.sources import detect_format
 from echo_megatron.data.tokenizer import load_tokenizer
 
@@ -114,6 +120,40 @@ def test_multiplier_n_is_n_passes_in_a_one_epoch_run(prepared, tmp_path):  # noq
             assert counts.max() == 1 and np.mean(counts) == pytest.approx(mult, abs=0.01)
 
 
+def test_train_epochs_is_the_floor_of_the_repeat_expanded_mixture(prepared):  # noqa: F811
+    """train.epochs R -> floor(R * E / B) steps, E = sum_i m_i P_i counted from the index files (the paper's
+    max_steps = floor(sum_files floor(tokens / 2048) / 512) with repeats counted as copies)."""
+    cfg, out = prepared
+    cfg = with_mults(cfg, aligned=False)  # packed rows: P_i = (train tokens - 1) // L
+    cfg.train.steps, cfg.train.epochs = None, 1.0
+    per_pass = []
+    for name in MULTS:
+        index = IndexedDataset(f"{cfg.data.indexed_dir}/{name}")
+        lengths = np.array(index.sequence_lengths)
+        per_pass.append((int(lengths[: int(round(0.99 * len(lengths)))].sum()) - 1) // cfg.model.seq_length)
+    epoch = int(np.ceil(sum(m * p for m, p in zip(MULTS.values(), per_pass))))
+    mix = plan_mixture(cfg)
+    assert mix.epoch_samples == epoch and mix.epochs == 1.0
+    assert mix.run_steps == resolve_train_steps(cfg) == mix.steps_per_epoch == epoch // 16
+    for row in mix.rows:  # one epoch: passes = multipliers, short of the last partial batch
+        assert row.passes == pytest.approx(MULTS[row.source], rel=16 / epoch)
+    cfg.train.epochs = 2.5
+    assert resolve_train_steps(cfg) == int(2.5 * epoch // 16)
+    weighted = cfg.copy()
+    for name in MULTS:
+        weighted.data.sources[name].weight = 1.0
+    with pytest.raises(ConfigError, match="train.epochs: a mixture epoch needs multipliers"):
+        plan_mixture(weighted)
+    tiny = cfg.copy()
+    tiny.train.epochs = 1e-6
+    with pytest.raises(ConfigError, match="less than one global batch"):
+        resolve_train_steps(tiny)
+    with pytest.raises(ConfigError, match=r"train.steps \(5\) and train.epochs \(1.0\) are both set"):
+        load_config(DEMO, [f"testbed.out={out}", "train.steps=5", "train.epochs=1"])
+    with pytest.raises(ConfigError, match="train.epochs must be > 0"):
+        load_config(DEMO, [f"testbed.out={out}", "train.steps=null", "train.epochs=0"])
+
+
 def test_mixture_command_prints_the_table(prepared, capsys):  # noqa: F811
     cfg, out = prepared
     assert (
@@ -123,6 +163,9 @@ def test_mixture_command_prints_the_table(prepared, capsys):  # noqa: F811
     for name in MULTS:
         assert name in text
     assert "2x" in text and "one mixture epoch" in text and "tokens%" in text
+    assert main(["mixture", DEMO, f"testbed.out={out}", *SMALL, "train.steps=null", "train.epochs=1"]) == 0
+    steps = plan_mixture(cfg).steps_per_epoch
+    assert f"run: train.epochs 1 = train.steps {steps:,} x global_batch_size 16" in capsys.readouterr().out
     mix = plan_mixture(cfg)
     assert format_table(mix).splitlines()[2].split()[:2] == ["tb_code", "code"]
     assert sum(r.share for r in mix.rows) == pytest.approx(1.0)

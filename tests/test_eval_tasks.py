@@ -49,6 +49,46 @@ def test_math500_fields():
     assert "\\boxed" in p.solution
 
 
+def test_math_train_takes_the_gold_from_the_solution(tmp_path):
+    """math_train (the paper's 1B MATH RL prompts): MATH-style rows (problem, solution, level, type) given by
+    path, the label = the solution's last \\boxed{}; checked on the shipped MATH-500 rows, whose answer field
+    is that box."""
+    import gzip
+
+    from echo_megatron.assets import asset
+
+    with gzip.open(asset("eval/math500_test.jsonl.gz"), "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    path = tmp_path / "algebra.jsonl"
+    path.write_text(
+        "".join(json.dumps({k: r[k] for k in ("problem", "solution", "level")}) + "\n" for r in rows)
+    )
+    probs = load_task("math_train", path=str(path))
+    assert [p.answer for p in probs] == [r["answer"] for r in rows]
+    assert probs[0].question == rows[0]["problem"] and probs[0].solution == rows[0]["solution"]
+    spec = TASKS["math_train"]
+    assert (spec.hf_id, spec.hf_config, spec.hf_split, spec.reward_task) == (
+        "lighteval/MATH",
+        "all",
+        "train",
+        "math",
+    )
+    path.write_text(json.dumps({"problem": "p", "solution": "no box here"}) + "\n")
+    with pytest.raises(TaskError, match=r"row 0: field 'solution': no \\boxed\{\} answer"):
+        load_task("math_train", path=str(path))
+
+
+def test_aime90_reads_the_ai_mo_fields():
+    """aime90 = AI-MO/aimo-validation-aime (the paper's aime3); the shipped AIME24 file has the same fields."""
+    from echo_megatron.assets import asset
+
+    spec = TASKS["aime90"]
+    assert (spec.hf_id, spec.hf_split, spec.reward_task) == ("AI-MO/aimo-validation-aime", "train", "aime")
+    probs = load_task("aime90", path=str(asset("eval/aime24.jsonl.gz")))
+    assert len(probs) == 30 and probs[0].answer == "204" and probs[0].question.startswith("Every morning")
+    assert TASKS["aime"].hf_id == "gneubig/aime-1983-2024"  # the paper's full AIME set
+
+
 def test_reward_task_names():
     assert {t.reward_task for t in TASKS.values()} == {"gsm8k", "math", "aime", "amc", "testbed"}
     assert TASKS["gsm8k"].hf_id == "openai/gsm8k" and TASKS["gsm8k"].hf_config == "main"
@@ -97,7 +137,7 @@ def test_bad_inputs_name_file_row_field(tmp_path):
 
 def test_hub_fallback_fails_clearly_offline(tmp_path):
     # 'aime' (1983-2024) has no shipped file: it reads the hub, which is unreachable here
-    assert resolve_source(TASKS["aime"]) == "hf:di-zhang-fdu/AIME_1983_2024"
+    assert resolve_source(TASKS["aime"]) == "hf:gneubig/aime-1983-2024"
     code = "from echo_megatron.eval.tasks import load_task\nload_task('aime')"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -41,12 +41,15 @@ def test_editable_install_under_tmp_scores_from_another_folder(tmp_path):
     """Issue: an editable install whose source lives under /tmp could not start a sandbox worker (its private
     /tmp hid the source, and the editable finder's path is on no sys.path entry)."""
     clone = tmp_path / "clone"  # pytest's tmp_path is under /tmp
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "pyproject.toml", "README.md", "echo_megatron"], cwd=REPO,
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "pyproject.toml", "README.md", "echo_megatron", "recipes"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     for rel in files:
-        dst = clone / rel
+        dst, src = clone / rel, REPO / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes((REPO / rel).read_bytes())
+        if src.is_symlink():  # echo_megatron/recipes -> ../recipes
+            dst.symlink_to(os.readlink(src))
+        else:
+            dst.write_bytes(src.read_bytes())
     py = _venv_seeing_this_environment(tmp_path / "venv")
     pip = subprocess.run(
         [py, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", "-e", str(clone)],

@@ -7,10 +7,11 @@ import os
 
 import pytest
 
+from echo_megatron.checkpoint.schedule import log_spaced_steps
 from echo_megatron.cli import main
 from echo_megatron.config import ConfigError, load_config
 from echo_megatron.config.loader import dotlist_value
-from echo_megatron.config.sweep import expand, load_grid, missing_bases
+from echo_megatron.config.sweep import expand, load_grid
 
 GRID = """
 name: tiny
@@ -115,43 +116,63 @@ def test_bad_grid_exit_status(tmp_path, capsys):
     assert "grid file not found" in capsys.readouterr().err
 
 
-MIXTURES = [
-    "tg",
-    "2xtg",
-    "4xtg",
-    "8xtg",
-    "tg+omi1",
-    "tg+2xomi1",
-    "tg+4xomi1",
-    "tg+8xomi1",
-    "tg+omi2",
-    "tg+omi1+omi2",
-]
+# The paper's grids (configs/pretraining_{150m,1b}_sweeps_*.yaml of rosieyzh/openrlhf-pretrain)
+MIXTURES = {
+    "150m": [
+        "tg",
+        "2xtg",
+        "4xtg",
+        "8xtg",
+        "tg+omi1",
+        "tg+2xomi1",
+        "tg+4xomi1",
+        "tg+8xomi1",
+        "tg+omi2",
+        "tg+omi1+omi2",
+    ],
+    "1b": ["tg", "tg+4xomi1", "tg+omi2", "omi2+mmqa", "tg+omi1+omi2"],
+}
+EI_MIXTURES = {"150m": ["omi1", *MIXTURES["150m"]], "1b": MIXTURES["1b"]}
 
 
-@pytest.mark.parametrize("scale", ["150m", "1b"])
-def test_paper_grids(repo_root, scale):
+def _load_all(runs) -> list:
+    out = []
+    for r in runs:
+        lines = [f"{k}={dotlist_value(v)}" for k, v in r.all_overrides().items()]
+        cfg = load_config(r.base, lines)
+        assert cfg.name == r.name
+        out.append(cfg)
+    return out
+
+
+@pytest.mark.parametrize(
+    "scale, grid, prompts, steps", [("150m", "rl", "gsm8k_train", 1160), ("1b", "rl", "gsm8k_train", 1160),
+                                    ("1b", "rl_math", "math_train", 1170)]
+)  # fmt: skip
+def test_paper_grids(repo_root, scale, grid, prompts, steps):
     sweeps = repo_root / "recipes" / "paper" / "sweeps"
-    rl = expand(load_grid(str(sweeps / f"{scale}_rl.yaml")))  # every override is checked against the schema
-    assert len(rl) == 10 * 3 * 3 and len({r.name for r in rl}) == 90
-    assert [v for v in dict.fromkeys(r.axes["mixture"] for r in rl)] == MIXTURES
+    rl = expand(
+        load_grid(str(sweeps / f"{scale}_{grid}.yaml"))
+    )  # every override is checked against the schema
+    n = len(MIXTURES[scale])
+    assert len(rl) == n * 3 * 3 and len({r.name for r in rl}) == n * 9
+    assert [v for v in dict.fromkeys(r.axes["mixture"] for r in rl)] == MIXTURES[scale]
     assert {r.axes["algorithm"] for r in rl} == {"ppo", "reinforce_pp", "grpo"}
     expected_bases = {
         str(repo_root / "recipes/paper/rl" / f"{scale}_{a}.yaml") for a in ("ppo", "reinforce_pp", "grpo")
     }
     assert {r.base for r in rl} == expected_bases
-    one = next(r for r in rl if r.name == f"{scale}_rl-tg+omi1-ppo-kl1e-3")
-    assert one.overrides["rl.base"] == f"runs/{scale}_tg+omi1/checkpoints"
+    one = next(r for r in rl if r.name == f"{scale}_{grid}-tg+omi2-ppo-kl1e-3")
+    assert one.overrides["rl.base"] == f"runs/{scale}_tg+omi2/checkpoints"
     assert one.fixed["rl.num_rollout_samples"] == 64 and one.fixed["rollout.n"] == 8
+    for cfg in _load_all(rl):  # every generated recipe loads, with the grid's prompt set and schedule
+        assert (cfg.rl.prompts, cfg.rl.steps, cfg.rl.train_batch_size) == (prompts, steps, 64)
+        assert list(cfg.checkpoint.save_steps) == log_spaced_steps(steps)
+        assert cfg.checkpoint.save_interval == steps // 10  # the end of every episode
     ei = expand(load_grid(str(sweeps / f"{scale}_ei.yaml")))
-    assert len(ei) == 10 and {r.base for r in ei} == {
-        str(repo_root / "recipes/paper/rl" / f"{scale}_ei.yaml")
-    }
-    # once the base recipes exist, every generated recipe must load
-    for r in rl + ei:
-        if r.base not in missing_bases([r]):
-            lines = [f"{k}={dotlist_value(v)}" for k, v in r.all_overrides().items()]
-            assert load_config(r.base, lines).name == r.name
+    assert [r.axes["mixture"] for r in ei] == EI_MIXTURES[scale]
+    assert {r.base for r in ei} == {str(repo_root / "recipes/paper/rl" / f"{scale}_ei.yaml")}
+    assert all(cfg.rl.algorithm == "ei" and not cfg.rl.ei_accumulate for cfg in _load_all(ei))
 
 
 def test_testbed_kl_grid_loads(repo_root):

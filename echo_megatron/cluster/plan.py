@@ -289,11 +289,26 @@ def rl_step_seconds(cfg: DictConfig, gpus: int, vocab: int | None = None) -> flo
     return t_gen + passes * n_params * all_tokens / peak
 
 
+def run_steps(cfg: DictConfig) -> int | None:
+    """The pretraining run's steps: ``train.steps``, or ``train.epochs`` resolved from the preprocessed mixture
+    (None while its sources are not preprocessed)."""
+    if cfg.train.epochs is None:
+        return int(cfg.train.steps)
+    from echo_megatron.data.mixture import resolve_train_steps
+    from echo_megatron.data.records import DataError
+
+    try:
+        return resolve_train_steps(cfg)
+    except DataError:
+        return None
+
+
 def estimate_gpu_hours(cfg: DictConfig, command: str = "auto") -> float:
     """GPU-hours of a run on ``cluster.nodes x cluster.gpus_per_node`` GPUs (the sweep's cost hook).
 
     ``command`` auto = rl when ``rl.base`` is set, else pretrain. Expert Iteration has no cost model here
-    (its generation volume depends on the prompt set's size): NaN.
+    (its generation volume depends on the prompt set's size), nor a pretraining run whose ``train.epochs`` wait
+    for the preprocessed data: NaN.
     """
     if command == "auto":
         command = "rl" if cfg.rl.base else "pretrain"
@@ -302,7 +317,12 @@ def estimate_gpu_hours(cfg: DictConfig, command: str = "auto") -> float:
         if cfg.rl.algorithm == "ei":
             return float("nan")
         return rl_step_seconds(cfg, gpus, vocab_of(cfg)) * cfg.rl.steps * gpus / 3600.0
-    return step_seconds(cfg, gpus, vocab=vocab_of(cfg)) * cfg.train.steps * gpus / 3600.0
+    steps = run_steps(cfg)
+    return (
+        float("nan")
+        if steps is None
+        else step_seconds(cfg, gpus, vocab=vocab_of(cfg)) * steps * gpus / 3600.0
+    )
 
 
 # ---- layouts -------------------------------------------------------------------------------------------
@@ -448,11 +468,19 @@ def report(cfg: DictConfig, nodes: int, gpus_per_node: int, recipe: str = "") ->
     step = step_seconds(cfg, lay.gpus, recompute=False, vocab=vocab.size)
     step_rc = step_seconds(cfg, lay.gpus, recompute=True, vocab=vocab.size)
     chosen = step_rc if m.recompute else step
+    steps = run_steps(cfg)
+    if steps is None:  # train.epochs before preprocessing: the cost of 1,000 steps
+        length = (
+            f"train.epochs {t.epochs:g}: steps known once preprocessed (echo-megatron mixture); 1,000 steps"
+        )
+        steps = 1000
+    else:
+        length = f"{steps} steps" + (f" (train.epochs {t.epochs:g})" if t.epochs is not None else "")
     out += [
         "",
         f"time at MFU {c.mfu:.0%} of {c.peak_tflops:g} TFLOP/s per GPU (dense bf16 H100): "
         f"{flops_per_step(cfg, vocab.size) / 1e15:.2f} PFLOP per step (6N + attention)",
         f"  step {human_seconds(step)} (full recompute {human_seconds(step_rc)}); "
-        f"{t.steps} steps = {human_seconds(chosen * t.steps)} = {chosen * t.steps * lay.gpus / 3600:,.1f} GPU-h",
+        f"{length} = {human_seconds(chosen * steps)} = {chosen * steps * lay.gpus / 3600:,.1f} GPU-h",
     ]
     return "\n".join(out) + "\n"

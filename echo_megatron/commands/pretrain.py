@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
 
@@ -14,10 +15,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from echo_megatron.distributed.init import destroy
     from echo_megatron.model.runtime import resolve_runtime
-    from echo_megatron.training.loop import pretrain
+    from echo_megatron.training.loop import pretrain, with_train_steps
 
     cfg = load_from_args(args)
     resolve_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
+    # train.epochs resolved here: an unpreprocessed mixture exits 2 before any process group starts
+    if cfg.train.epochs is not None:
+        epochs, cfg = cfg.train.epochs, with_train_steps(cfg)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[echo-megatron] train.epochs {epochs:g} = {cfg.train.steps:,} steps", flush=True)
     try:
         out = pretrain(cfg)
     finally:

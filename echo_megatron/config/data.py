@@ -27,7 +27,9 @@ class SourceConfig:
 
 @dataclass
 class TokenizerConfig:
-    path: Optional[str] = None  # a HF `tokenizers` JSON file, a directory, or a hub name
+    # a HF `tokenizers` JSON file (.json / .json.gz), a directory, a SentencePiece .model, or a hub name
+    # (meta-llama/Llama-2-7b-hf, the paper's, resolves offline to the copy shipped with the package)
+    path: Optional[str] = None
     kind: str = "bpe"  # for `tokenizer train`: bpe (byte-level BPE) | numbers (integers as single tokens)
     vocab_size: int = 4096  # for `tokenizer train`: the BPE target (numbers: before the number tokens)
     min_frequency: int = 2  # for `tokenizer train`: pieces rarer than this are left out

@@ -15,6 +15,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from echo_megatron.config.checks import ConfigValueError, check_config
 from echo_megatron.config.presets import PRESETS
 from echo_megatron.config.schema import ExperimentConfig
 from echo_megatron.errors import UserError
@@ -137,6 +138,10 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve interpolation: {e}") from e
+    try:
+        check_config(cfg)
+    except ConfigValueError as e:
+        raise ConfigError(f"{recipe or 'command line'}: {e}") from None
     OmegaConf.set_readonly(cfg, False)
     return cfg
 

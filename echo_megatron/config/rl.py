@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+LR_DECAY_STYLES = ("constant", "cosine", "linear")
+PROMPT_TEMPLATES = ("separator", "raw")
 
 
 @dataclass
@@ -79,6 +83,30 @@ class RLConfig:
     Not in NeMo-Aligner: algorithm grpo (NeMo-RL; Shao et al. 2024) and its ``grpo_scale_by_std`` (NeMo-RL's
     grpo.normalize_rewards; False = Dr. GRPO), reinforce_pp (Hu 2025), ei, ``ppo_epochs`` (NeMo makes one pass
     over each rollout), ``loss_agg`` (NeMo: token_mean) and ``adv_eps``. The math is in echo_megatron/rl/functional.py.
+
+    Mini-batches, schedules and prompts (OpenRLHF's names where it has them, as the paper's code uses OpenRLHF):
+        train_batch_size    samples (sequences) per optimizer step, for the actor and for the critic
+                            (OpenRLHF --train_batch_size). A rollout of num_rollout_samples x rollout.n samples
+                            is shuffled and cut into rollout / train_batch_size optimizer steps, ppo_epochs times
+                            over; the policy moves between them, so the PPO ratio leaves 1 and the clip acts.
+                            null = the whole rollout in one optimizer step. The paper: 64 of 512 = 8 steps.
+        lr_warmup_ratio     linear warmup from 0 over ceil(ratio x total optimizer steps) (OpenRLHF
+                            --lr_warmup_ratio; transformers' cosine_with_min_lr); the paper: 0.03.
+        lr_decay_style      constant | cosine | linear, from the peak to the floor at the last optimizer step.
+        min_lr_ratio        the floor as a fraction of each model's peak (actor_lr, critic_lr, ei_sft_lr); the
+                            paper: 0.1 (actor 1e-6 -> 1e-7, EI SFT 1e-4 -> 1e-5).
+        critic_min_lr       an absolute floor for the critic instead of critic_lr x min_lr_ratio. The paper's
+                            critic ran at the actor's 1e-6 (its create_optimizer reads actor_learning_rate for
+                            every model) with the floor 0.1 x its configured 7e-6 = 7e-7: critic_lr 1e-6,
+                            critic_min_lr 7e-7 reproduce that; critic_lr 7e-6 with null is the paper's intent.
+        prompt_template     separator: question + "\\n\\n", the prefix of the pretraining documents (the model
+                            continues with a solution) | raw: the question alone, the model writes the
+                            separator itself (the paper, no chat template). Applies to RL, EI and eval prompts.
+        ei_accumulate       Expert Iteration trains each round on the correct samples of all rounds so far (true)
+                            or of the current round only (false: the paper).
+        ei_max_new_tokens   EI generation length; null = rollout.max_new_tokens (the paper: 2,048 for EI,
+                            1,024 in RL).
+    The total number of optimizer steps the schedules span: rl_lr_schedule().
     """
 
     algorithm: str = "grpo"  # ppo | grpo | reinforce_pp | ei
@@ -89,8 +117,16 @@ class RLConfig:
     epochs: int = 10  # passes over the prompt set (caps steps)
     ppo_epochs: int = 1  # optimisation passes over each rollout batch
     micro_batch_size: int = 8
+    train_batch_size: Optional[int] = (
+        None  # samples per optimizer step (actor and critic); null = the rollout
+    )
     actor_lr: float = 1e-6
     critic_lr: float = 7e-6
+    lr_warmup_ratio: float = 0.0  # warmup = ceil(ratio x optimizer steps of the run), from 0
+    lr_decay_style: str = "constant"  # constant | cosine | linear (to the floor at the last optimizer step)
+    min_lr_ratio: float = 1.0  # floor = peak x min_lr_ratio (actor, critic, EI SFT)
+    critic_min_lr: Optional[float] = None  # absolute critic floor; null = critic_lr x min_lr_ratio
+    prompt_template: str = "separator"  # separator (question + "\n\n") | raw (the question alone)
     ratio_eps: float = 0.2  # PPO clip epsilon
     loss_clip_val: float = 0.2  # critic value clip
     initial_policy_kl_penalty: float = 0.0  # KL coefficient beta
@@ -111,11 +147,41 @@ class RLConfig:
     ei_temperature: float = 1.0
     ei_top_p: float = 0.95
     ei_max_per_question: Optional[int] = None  # cap on unique correct solutions kept per question
+    ei_accumulate: bool = True  # SFT on the correct samples of every round so far (false: this round's only)
+    ei_max_new_tokens: Optional[int] = None  # EI generation length; null = rollout.max_new_tokens
     ei_sft_epochs: int = 2
     ei_sft_lr: float = 1e-4
     ei_sft_batch: int = 256
     ei_from_base: bool = True
     base: Optional[str] = None  # pretrained base checkpoint
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """One model's RL / EI learning-rate schedule over ``total_steps`` optimizer steps (see rl_lr_schedule)."""
+
+    peak: float
+    floor: float
+    warmup_steps: int
+    decay_style: str
+    total_steps: int
+
+
+def rl_lr_schedule(rl: Any, model: str, total_steps: int) -> LRSchedule:
+    """The schedule of ``model`` (actor | critic | ei_sft) under ``rl`` (an RLConfig) over ``total_steps``.
+
+    warmup_steps = ceil(rl.lr_warmup_ratio * total_steps) (transformers' get_scheduler, as OpenRLHF calls it),
+    floor = peak * rl.min_lr_ratio, or rl.critic_min_lr for the critic when set. ``total_steps`` counts optimizer
+    steps: rollouts x (rollout samples / train_batch_size) x ppo_epochs in RL (the paper's OpenRLHF computes its
+    horizon from the prompt count, 10 x (7,473 x 8 // 64) = 9,340, while the 1,160 rollouts run 9,280 steps),
+    epochs x (examples // batch) per EI round.
+    """
+    peak = {"actor": rl.actor_lr, "critic": rl.critic_lr, "ei_sft": rl.ei_sft_lr}[model]
+    floor = peak * rl.min_lr_ratio
+    if model == "critic" and rl.critic_min_lr is not None:
+        floor = rl.critic_min_lr
+    warmup = math.ceil(rl.lr_warmup_ratio * total_steps)
+    return LRSchedule(float(peak), float(floor), int(warmup), str(rl.lr_decay_style), int(total_steps))
 
 
 @dataclass
@@ -126,7 +192,8 @@ class EvalConfig:
     ``temperature`` (ks larger than n are skipped).
     """
 
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # gsm8k | math500 | aime24 | amc23 | testbed
+    # gsm8k | gsm8k_train | math500 | math_train | aime90 | aime24 | aime | amc23 | testbed (eval/tasks.py)
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
     paths: dict[str, str] = field(default_factory=dict)  # task -> local file overriding the shipped / hub one
     max_problems: Optional[int] = None  # the first N problems of each task
     greedy: bool = True  # a greedy pass for pass@1 (and the per-format table of greedy answers)

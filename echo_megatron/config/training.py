@@ -20,14 +20,32 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
+    """Pretraining's LR schedule: linear warmup from 0, then decay to ``optimizer.lr * optimizer.min_lr_ratio``.
+
+    RL and Expert Iteration have their own keys (``rl.lr_warmup_ratio``, ``rl.lr_decay_style``,
+    ``rl.min_lr_ratio``; config/rl.py), since their length is counted in optimizer steps of a different loop.
+    """
+
     warmup_steps: int = 0
     decay_style: str = "cosine"  # cosine | linear | constant
-    decay_steps: Optional[int] = None  # None = train.steps
+    decay_steps: Optional[int] = (
+        None  # None = the run's length (train.steps, or what train.epochs resolves to)
+    )
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
+    """The pretraining loop. Its length is ``steps`` optimizer steps, or ``epochs`` mixture epochs.
+
+    ``epochs``: passes over the repeat-expanded mixture (a source at multiplier N counts N times), resolved from
+    the preprocess manifests to ``floor(epochs * E / global_batch_size)`` steps, E = samples in one mixture epoch
+    (echo_megatron/data/mixture.py, printed by ``echo-megatron mixture``): the paper's ``max_duration: 1ep``,
+    whose ``max_steps = floor(sum_files floor(tokens / 2048) / 512)``. Set one of ``steps`` and ``epochs``; the
+    other must be null. A run directory's config.yaml records the resolved ``steps``.
+    """
+
+    steps: Optional[int] = 100
+    epochs: Optional[float] = None
     global_batch_size: int = 16
     micro_batch_size: int = 4
     seed: int = 1234
@@ -53,8 +71,18 @@ class FP8Config:
 
 @dataclass
 class CheckpointConfig:
-    save_interval: int = 0  # 0 = only at the end (and on SIGTERM/SIGUSR1)
-    keep_last: int = 2
+    """When checkpoints are written (pretraining and RL alike) and how many are kept.
+
+    A step is saved when it is a multiple of ``save_interval``, when it is listed in ``save_steps``, at the end
+    of the run, and on SIGTERM / SIGUSR1. ``save_steps`` carries irregular schedules such as the paper's
+    log-spaced RL checkpoints, ``int(np.logspace(-2.1, 0, 15) * total_steps)``
+    (``echo_megatron.checkpoint.schedule.log_spaced_steps``), which its format-share figures evaluate.
+    ``keep_last`` applies to every checkpoint; ``keep_last: 0`` keeps them all.
+    """
+
+    save_interval: int = 0  # 0 = no regular interval
+    save_steps: list[int] = field(default_factory=list)  # extra steps to save at (each >= 1)
+    keep_last: int = 2  # <= 0: keep every checkpoint
     load: Optional[str] = None  # a checkpoint dir (iter_NNNNNNN or its parent) to initialise from
     resume: bool = True  # resume from RUN_DIR/checkpoints/latest when present
     load_optimizer: bool = True

@@ -12,10 +12,13 @@ document range given by ``data.split``):
     S     = train.steps * train.global_batch_size      samples the run draws (megatron's train size)
     passes_i = w_i S / P_i = m_i * (S / E)
 
-So multiplier N means N passes over that source (and 0.5 half of it) per mixture epoch; a run of exactly one
-mixture epoch (``train.steps = ceil(E / global_batch_size)``, printed by ``echo-megatron mixture``) makes the
-passes equal the multipliers, and a run of R epochs gives R * m_i passes. With explicit ``weight``s (all sources,
-or none) the weights are normalized as given and the table shows the passes they imply.
+So multiplier N means N passes over that source (and 0.5 half of it) per mixture epoch; a run of one mixture epoch
+makes the passes equal the multipliers, and a run of R epochs gives R * m_i passes. ``train.epochs: R`` sets the
+run's length that way: ``train.steps = floor(R * E / global_batch_size)`` (:func:`epoch_steps`), the paper's
+``max_duration: 1ep`` whose ``max_steps = floor(sum_files floor(tokens_f / 2048) / 512)`` (OLMo drops each file's
+tail and the last partial batch; here each source's tail, ``(T_i - 1) // L``, and the last partial batch).
+``echo-megatron mixture`` prints the steps of one epoch. With explicit ``weight``s (all sources, or none) the
+weights are normalized as given, the table shows the passes they imply, and an epoch is undefined.
 """
 
 from __future__ import annotations
@@ -57,11 +60,13 @@ class Mixture:
     run_samples: int  # S
     epoch_samples: int  # E (0 with explicit weights)
     global_batch_size: int
+    run_steps: int = 0  # train.steps, or what train.epochs resolves to
+    epochs: float | None = None  # train.epochs when it set the length
 
     @property
     def steps_per_epoch(self) -> int:
-        """train.steps that make the run exactly one mixture epoch."""
-        return math.ceil(self.epoch_samples / self.global_batch_size) if self.epoch_samples else 0
+        """train.steps of one mixture epoch: floor(E / global_batch_size), the last partial batch dropped."""
+        return epoch_steps(self.epoch_samples, self.global_batch_size) if self.epoch_samples else 0
 
     def blend(self) -> list[tuple[str, float]]:
         return [(r.prefix, r.weight) for r in self.rows if r.weight > 0]
@@ -75,6 +80,11 @@ def train_range(num_docs: int, split: str) -> tuple[int, int]:
     if total <= 0:
         raise DataError(f"data.split: '{split}' has no positive part")
     return 0, int(round(parts[0] / total * num_docs))
+
+
+def epoch_steps(epoch_samples: int, global_batch_size: int, epochs: float = 1.0) -> int:
+    """floor(epochs * E / B): optimizer steps in ``epochs`` mixture epochs of E samples at global batch B."""
+    return int(math.floor(epochs * epoch_samples / global_batch_size))
 
 
 def blend_weights(per_pass: list[int], multipliers: list[float]) -> tuple[list[float], int]:
@@ -164,7 +174,9 @@ def plan_mixture(cfg: Any) -> Mixture:
         weights, epoch = [p.cfg.weight / total for p in plans], 0
     else:
         weights, epoch = blend_weights(per_pass, mults)
-    S = int(cfg.train.steps) * int(cfg.train.global_batch_size)
+    gbs, epochs = int(cfg.train.global_batch_size), cfg.train.epochs
+    steps = int(cfg.train.steps) if epochs is None else _steps_of_epochs(epoch, gbs, epochs)
+    S = steps * gbs
     token_mass = [
         w * n for w, n in zip(weights, mean_lens)
     ]  # tokens per sample: L packed, mean doc length aligned
@@ -172,7 +184,30 @@ def plan_mixture(cfg: Any) -> Mixture:
         r.weight = w
         r.share = t / sum(token_mass)
         r.passes = w * S / r.per_pass if r.per_pass else 0.0
-    return Mixture(rows, L, aligned, S, epoch, int(cfg.train.global_batch_size))
+    return Mixture(rows, L, aligned, S, epoch, gbs, steps, epochs)
+
+
+def _steps_of_epochs(epoch_samples: int, gbs: int, epochs: float) -> int:
+    if not epoch_samples:
+        raise DataError("train.epochs: a mixture epoch needs multipliers (explicit weights define none)")
+    steps = epoch_steps(epoch_samples, gbs, epochs)
+    if steps < 1:
+        raise DataError(
+            f"train.epochs {epochs:g}: {epochs:g} x {epoch_samples:,} samples is less than one global batch "
+            f"of {gbs}"
+        )
+    return steps
+
+
+def resolve_train_steps(cfg: Any) -> int:
+    """The run's length in optimizer steps: ``train.steps``, or ``train.epochs`` resolved from the manifests."""
+    if cfg.train.epochs is None:
+        return int(cfg.train.steps)
+    if cfg.data.blend:
+        raise DataError(
+            "train.epochs: a mixture epoch is defined by data.sources multipliers, not data.blend"
+        )
+    return plan_mixture(cfg).run_steps
 
 
 def resolve_blend(cfg: Any) -> list[tuple[str, float]]:
@@ -206,11 +241,15 @@ def format_table(mix: Mixture) -> str:
         )
     lines.append("-" * len(head))
     unit = "documents (document-aligned rows)" if mix.document_aligned else f"rows of {mix.seq_length} tokens"
-    lines.append(f"run: {mix.run_samples:,} samples = train.steps x global_batch_size, {unit}")
+    length = f"train.epochs {mix.epochs:g} = " if mix.epochs is not None else ""
+    lines.append(
+        f"run: {length}train.steps {mix.run_steps:,} x global_batch_size {mix.global_batch_size} = "
+        f"{mix.run_samples:,} samples, {unit}"
+    )
     if mix.epoch_samples:
         lines.append(
             f"one mixture epoch (passes = multipliers): {mix.epoch_samples:,} samples = "
             f"train.steps {mix.steps_per_epoch:,} at global_batch_size {mix.global_batch_size}; "
-            f"this run = {mix.run_samples / mix.epoch_samples:.2f} epochs"
+            f"this run = {mix.run_samples / mix.epoch_samples:.4f} epochs"
         )
     return "\n".join(lines)

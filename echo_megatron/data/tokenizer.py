@@ -4,7 +4,12 @@
 builders need: ``vocab_size`` (before padding), ``eod`` (appended after every document), ``pad``,
 ``encode``/``decode``, ``path`` and a content ``hash``. It also has megatron's tokenizer surface
 (``unique_identifiers``, ``eos``, ``tokenize``/``detokenize``), so it can be the ``tokenizer`` of a
-``GPTDatasetConfig`` directly.
+``GPTDatasetConfig`` directly. Texts are always encoded without special tokens: no BOS, and the EOD is appended by
+whoever builds a document.
+
+The paper's tokenizer, Llama-2's (``meta-llama/Llama-2-7b-hf``: SentencePiece BPE, 32,000 tokens, digits split,
+byte fallback, ``</s>`` = 2 ends every document), ships with the package as a ``tokenizers`` JSON converted from
+its ``tokenizer.model`` (``echo_megatron/data/spm.py``); the hub name resolves to it offline.
 
 Two kinds can be trained with the ``tokenizers`` library (``echo-megatron tokenizer train``):
 
@@ -21,6 +26,7 @@ same pieces a model sees at inference.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -35,8 +41,15 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]  # ids 0 and 1 of every tokenizer 
 KINDS = ("bpe", "numbers")
 
 
+# Hub names whose tokenizer ships with the package (assets/tokenizers/, licences beside each file).
+SHIPPED_TOKENIZERS = {
+    "meta-llama/Llama-2-7b-hf": "tokenizers/llama2/tokenizer.json.gz",  # the paper's (from tokenizer.model)
+}
+JSON_SUFFIXES = (".json", ".json.gz")
+
+
 def _offline_tokenizer_dirs() -> list[str]:
-    """Where a hub name ``org/name`` is first looked for as ``org_name.json`` (offline copies):
+    """Where a hub name ``org/name`` is first looked for as ``org_name.json`` (or ``.json.gz``, offline copies):
     ``$ECHO_TOKENIZER_DIR``, then the tokenizers shipped with the package."""
     from echo_megatron.assets import asset
 
@@ -45,20 +58,47 @@ def _offline_tokenizer_dirs() -> list[str]:
 
 
 def resolve_tokenizer_path(path: str) -> str:
-    """A local ``tokenizer.json`` for ``path`` (file, directory, or hub name with an offline copy), else ``path``."""
+    """A local tokenizer file for ``path`` (file, directory, or hub name with an offline copy), else ``path``.
+
+    A hub name ``org/name`` resolves to ``org_name.json[.gz]`` in ``$ECHO_TOKENIZER_DIR`` or the shipped
+    tokenizers, or to the shipped copy listed in :data:`SHIPPED_TOKENIZERS` (``meta-llama/Llama-2-7b-hf``).
+    """
+    from echo_megatron.assets import asset
+
     if os.path.isfile(path):
         return path
     if os.path.isdir(path):
-        candidate = os.path.join(path, "tokenizer.json")
-        if os.path.isfile(candidate):
-            return candidate
-        raise ConfigError(f"data.tokenizer.path: directory {path} has no tokenizer.json")
-    if "/" in path and not path.endswith(".json"):
-        for d in _offline_tokenizer_dirs():
-            candidate = os.path.join(d, path.replace("/", "_") + ".json")
+        for name in ("tokenizer.json", "tokenizer.json.gz"):
+            candidate = os.path.join(path, name)
             if os.path.isfile(candidate):
                 return candidate
+        raise ConfigError(f"data.tokenizer.path: directory {path} has no tokenizer.json")
+    if "/" in path and not path.endswith(JSON_SUFFIXES):
+        for d in _offline_tokenizer_dirs():
+            for suffix in JSON_SUFFIXES:
+                candidate = os.path.join(d, path.replace("/", "_") + suffix)
+                if os.path.isfile(candidate):
+                    return candidate
+        if path in SHIPPED_TOKENIZERS and asset(SHIPPED_TOKENIZERS[path]).is_file():
+            return str(asset(SHIPPED_TOKENIZERS[path]))
     return path
+
+
+def _read_backend(local: str):
+    """A ``tokenizers.Tokenizer`` from a JSON file (``.gz`` compressed or not) or a SentencePiece ``.model``."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if local.endswith(".model"):
+        from echo_megatron.data.spm import convert
+
+        return convert(local)
+    try:
+        if local.endswith(".gz"):
+            with gzip.open(local, "rt", encoding="utf-8") as f:
+                return HFTokenizer.from_str(f.read())
+        return HFTokenizer.from_file(local)
+    except Exception as e:
+        raise ConfigError(f"data.tokenizer.path: cannot read {local} as a tokenizers JSON file: {e}") from e
 
 
 class Tokenizer:
@@ -134,12 +174,12 @@ class Tokenizer:
 def load_tokenizer(cfg_tokenizer: Any) -> Tokenizer:
     """The tokenizer of ``cfg.data.tokenizer`` (a TokenizerConfig or anything with ``path``/``eod``/``pad``).
 
-    ``path`` may be a ``tokenizers`` JSON file, a directory holding ``tokenizer.json``, or a hub name. A hub name
-    ``org/name`` is first looked for offline as ``org_name.json`` in ``$ECHO_TOKENIZER_DIR`` and in the package's
-    shipped tokenizers; else ``transformers.AutoTokenizer`` loads it.
+    ``path`` may be a ``tokenizers`` JSON file (``.json`` or ``.json.gz``), a directory holding
+    ``tokenizer.json``, a SentencePiece BPE ``.model`` (converted on load: needs ``sentencepiece``), or a hub
+    name. A hub name is first looked for offline (:func:`resolve_tokenizer_path`: ``$ECHO_TOKENIZER_DIR``, the
+    package's shipped tokenizers, ``meta-llama/Llama-2-7b-hf`` included); else ``transformers.AutoTokenizer``
+    loads it.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-
     path = getattr(cfg_tokenizer, "path", None)
     if not path:
         raise ConfigError(
@@ -148,13 +188,7 @@ def load_tokenizer(cfg_tokenizer: Any) -> Tokenizer:
     eod, pad = getattr(cfg_tokenizer, "eod", None), getattr(cfg_tokenizer, "pad", None)
     local = resolve_tokenizer_path(str(path))
     if os.path.isfile(local):
-        try:
-            backend = HFTokenizer.from_file(local)
-        except Exception as e:
-            raise ConfigError(
-                f"data.tokenizer.path: cannot read {local} as a tokenizers JSON file: {e}"
-            ) from e
-        return Tokenizer(backend, local, eod, pad)
+        return Tokenizer(_read_backend(local), local, eod, pad)
     try:
         from transformers import AutoTokenizer
 

@@ -1,4 +1,4 @@
-"""Evaluation task registry and loader: GSM8K, MATH-500, AIME, AMC and the format testbed.
+"""Evaluation task registry and loader: GSM8K, MATH (MATH-500 and the train split), AIME, AMC, the testbed.
 
 Each task names where its problems live and how to read them:
 
@@ -25,6 +25,7 @@ from typing import Any
 from echo_megatron.assets import asset
 from echo_megatron.config import ConfigError
 from echo_megatron.data.prompt import prompt_text
+from echo_megatron.rewards.extract import last_boxed
 
 
 class TaskError(ConfigError):
@@ -50,6 +51,15 @@ def gsm8k_gold(answer: str) -> str:
     if "####" not in answer:
         raise ValueError("no '#### <answer>' line")
     return answer.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def boxed_gold(solution: Any) -> str:
+    r"""A MATH solution's final answer: the content of its last ``oxed{}`` (what math-verify's ``parse`` takes
+    from the whole solution, the label the paper's verifier was given)."""
+    answer = last_boxed(str(solution))
+    if answer is None:
+        raise ValueError("no \\boxed{} answer in the solution")
+    return answer
 
 
 def plain_gold(value: Any) -> str:
@@ -119,6 +129,30 @@ TASKS: dict[str, TaskSpec] = {
             hf_split="test",
         ),
         TaskSpec(
+            name="math_train",
+            reward_task="math",
+            description="MATH train split (7,500 problems; the paper's 1B MATH RL prompt set), gold = the "
+            "solution's last \\boxed{}",
+            question_fields=("problem",),
+            answer_field="solution",
+            solution_field="solution",
+            gold=boxed_gold,
+            hf_id="lighteval/MATH",  # config all, as the paper; EleutherAI/hendrycks_math files work by path
+            hf_config="all",
+            hf_split="train",
+        ),
+        TaskSpec(
+            name="aime90",
+            reward_task="aime",
+            description="AIME 2022-2024 (90 problems, AI-MO/aimo-validation-aime: the paper's aime3 set)",
+            question_fields=("problem",),
+            answer_field="answer",
+            solution_field="solution",
+            id_field="id",
+            hf_id="AI-MO/aimo-validation-aime",
+            hf_split="train",
+        ),
+        TaskSpec(
             name="aime24",
             reward_task="aime",
             description="AIME 2024 I and II (30 problems)",
@@ -133,11 +167,11 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="aime",
             reward_task="aime",
-            description="AIME 1983-2024 (the full set; hub only)",
+            description="AIME 1983-2024 (the full set; hub only; the paper's aime task)",
             question_fields=("Question",),
             answer_field="Answer",
             id_field="ID",
-            hf_id="di-zhang-fdu/AIME_1983_2024",
+            hf_id="gneubig/aime-1983-2024",
             hf_split="train",
         ),
         TaskSpec(

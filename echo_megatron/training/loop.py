@@ -18,6 +18,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from echo_megatron.checkpoint.schedule import is_save_step
 from echo_megatron.distributed import collectives
 from echo_megatron.faults import maybe_fail
 from echo_megatron.model.runtime import resolve_runtime
@@ -43,6 +44,17 @@ class StopSignal:
 
     def any_rank(self, device: torch.device) -> bool:
         return collectives.any_rank(self.received is not None, device)
+
+
+def with_train_steps(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the run's length in ``train.steps``: a copy in which ``train.epochs`` (when set) is resolved
+    to steps from the preprocessed mixture (data/mixture.py ``resolve_train_steps``) and then cleared."""
+    if cfg.train.epochs is None:
+        return cfg
+    from echo_megatron.data.mixture import resolve_train_steps
+
+    steps = resolve_train_steps(cfg)
+    return OmegaConf.merge(cfg, {"train": {"steps": steps, "epochs": None}})
 
 
 def save_config(cfg: DictConfig, run_dir: str, vocab: Vocab | None = None) -> None:
@@ -77,6 +89,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
 
     env, device = initialize(cfg)
     rank = dist.get_rank()
+    cfg = with_train_steps(cfg)  # train.epochs -> train.steps (the saved config records the steps)
     vocab = resolve_vocab(cfg)
     save_config(cfg, cfg.run_dir, vocab)
     run = RunDir(cfg.run_dir)
@@ -156,8 +169,12 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
         maybe_fail("kill_at_step", step)
         bar.update(1, loss=f"{out['loss']:.4f}", tok_s=f"{out['tokens_per_s']:.0f}")
         want_stop = stop.any_rank(device)
-        interval = cfg.checkpoint.save_interval
-        if (interval and step % interval == 0) or want_stop or step == t.steps or step == t.exit_after_steps:
+        ck = cfg.checkpoint
+        if (
+            is_save_step(step, ck.save_interval, ck.save_steps, t.steps)
+            or want_stop
+            or step == t.exit_after_steps
+        ):
             save_checkpoint(
                 run.checkpoints,
                 step,
