@@ -55,7 +55,9 @@ def test_params_counts_the_vocabulary_the_recipe_trains(data_dir, tmp_path, monk
     monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(data_dir / "tokenizers"))
     assert main(["params", "recipes/paper/150m_tg.yaml"]) == 0  # the paper's Llama-2 tokenizer, shipped
     out = capsys.readouterr().out
-    assert "vocab=32000 (padded 32000; from tokenizer meta-llama/Llama-2-7b-hf)" in out and "162,398,208" in out
+    assert (
+        "vocab=32000 (padded 32000; from tokenizer meta-llama/Llama-2-7b-hf)" in out and "162,398,208" in out
+    )
     olmo = "data.tokenizer.path=allenai/gpt-neox-olmo-dolma-v1_5"
     assert main(["params", "recipes/paper/150m_tg.yaml", olmo]) == 0
     out = capsys.readouterr().out
