@@ -11,15 +11,14 @@ import threading
 import pytest
 
 from echo_megatron.config.rl import RewardConfig
-from echo_megatron.rewards import SandboxError, SandboxPool
+from echo_megatron.rewards import Job, SandboxError, SandboxPool
 from echo_megatron.rewards.sandbox import DEFAULT_PRELOAD, DEFAULT_PRELOAD_HEAVY, HEAVY, LIGHT
 
 
-def fn(body: str) -> dict:
-    return {
-        "kind": "function",
-        "code": "def simple_math_problem():\n" + "\n".join("    " + ln for ln in body.split("\n")),
-    }
+def fn(body: str) -> Job:
+    return Job(
+        "function", ("def simple_math_problem():\n" + "\n".join("    " + ln for ln in body.split("\n")),)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def test_each_program_gets_a_fresh_empty_cwd_and_a_clean_environment(pool):
     os.environ["ECHO_POOL_TEST_TOKEN"] = "visible-to-the-host-only"
     body = "import os\nreturn repr((os.getcwd(), sorted(os.listdir('.')), sorted(os.environ), os.getuid()))"
     replies = pool.run([fn(body)] * 4)
-    seen = [ast.literal_eval(r["value"]) for r in replies]
+    seen = [ast.literal_eval(r.value) for r in replies]
     cwds = {cwd for cwd, _, _, _ in seen}
     assert len(cwds) == 4  # a new directory per program
     for _cwd, listing, env, uid in seen:
@@ -45,11 +44,11 @@ def test_each_program_gets_a_fresh_empty_cwd_and_a_clean_environment(pool):
 
 
 def test_value_last_expression_and_printed_output(pool):
-    notebook = {"kind": "notebook", "blocks": ["a = 6", "print('the answer:')\nprint(a * 7)"]}
-    expr = {"kind": "notebook", "blocks": ["a = 6\na * 7"]}
+    notebook = Job("notebook", ("a = 6", "print('the answer:')\nprint(a * 7)"))
+    expr = Job("notebook", ("a = 6\na * 7",))
     r1, r2, r3 = pool.run([notebook, expr, fn("result = 40 + 2\nreturn result")])
-    assert (r1["value"], r2["value"], r3["value"]) == ("42", "42", "42")
-    assert all(r["error"] is None and r["elapsed"] > 0 for r in (r1, r2, r3))
+    assert (r1.value, r2.value, r3.value) == ("42", "42", "42")
+    assert all(r.error is None and r.elapsed > 0 for r in (r1, r2, r3))
 
 
 def test_output_cap_and_timeout(pool):
@@ -61,10 +60,10 @@ def test_output_cap_and_timeout(pool):
             fn("return 2"),
         ]
     )
-    assert small["error"] is None and small["value"] == "1"
-    assert big["error"] == "output"
-    assert slow["error"] == "timeout" and slow["elapsed"] <= pool.timeout_s + 1.0
-    assert quick["value"] == "2"
+    assert small.error is None and small.value == "1"
+    assert big.error == "output"
+    assert slow.error == "timeout" and slow.elapsed <= pool.timeout_s + 1.0
+    assert quick.value == "2"
 
 
 def test_dead_worker_is_replaced_and_its_job_reported(pool):
@@ -75,31 +74,31 @@ def test_dead_worker_is_replaced_and_its_job_reported(pool):
         replies = pool.run([fn("import time\ntime.sleep(1.5)\nreturn 1")] * 2)
     finally:
         timer.join()
-    assert sorted(r["error"] or "ok" for r in replies) == ["ok", "sandbox"]
+    assert sorted(r.error or "ok" for r in replies) == ["ok", "sandbox"]
     assert victim not in pool.worker_pids
-    assert [r["value"] for r in pool.run([fn("return 5")] * 3)] == ["5"] * 3
+    assert [r.value for r in pool.run([fn("return 5")] * 3)] == ["5"] * 3
 
 
 def test_heavy_workers_start_only_for_heavy_jobs():
     with SandboxPool(workers=1, timeout_s=3.0) as p:
         assert p.profile_of(fn("return 1")) == LIGHT
         assert p.profile_of(fn("import sympy\nreturn sympy.Integer(3)")) == HEAVY
-        assert p.profile_of({"kind": "verify", "gold": "1", "pred": "1"}) == HEAVY
+        assert p.profile_of(Job("verify", gold="1", pred="1")) == HEAVY
         assert len(p.worker_pids) == 1
         light, heavy, verify = p.run(
             [
                 fn("import fractions\nreturn fractions.Fraction(1, 2) * 4"),
                 fn("import sympy\nx = sympy.Symbol('x')\nreturn sympy.solve(x - 3, x)[0]"),
-                {"kind": "verify", "gold": "\\frac{1}{2}", "pred": "0.5"},
+                Job("verify", gold="\\frac{1}{2}", pred="0.5"),
             ]
         )
-        assert (light["value"], heavy["value"], verify["equal"]) == ("2", "3", True)
+        assert (light.value, heavy.value, verify.equal) == ("2", "3", True)
         assert len(p.worker_pids) == 2
 
 
 def test_close_is_idempotent_and_cleans_up():
     p = SandboxPool(workers=2, timeout_s=1.0)
-    assert p.run([fn("return 3")])[0]["value"] == "3"
+    assert p.run([fn("return 3")])[0].value == "3"
     pids, bases = p.worker_pids, p.base_dirs
     p.close()
     p.close()
@@ -142,17 +141,18 @@ def test_config_and_invalid_arguments():
     with SandboxPool.from_config(RewardConfig(sandbox_workers=1, timeout_s=0.5)) as p:
         assert p.workers == 1 and p.timeout_s == 0.5
         (r,) = p.run([fn("import time\ntime.sleep(2)\nreturn 1")])
-        assert r["error"] == "timeout"
+        assert r.error == "timeout"
     for bad in ({"workers": 0}, {"timeout_s": 0}, {"memory_mb": 1}):
         with pytest.raises(ValueError):
             SandboxPool(**bad)
 
 
 def test_seccomp_filter_kills_denied_calls_only():
+    from echo_megatron.rewards.policy import SandboxPolicy
     from echo_megatron.rewards.seccomp import DenyFilter, SeccompUnavailable
 
     try:
-        flt = DenyFilter()
+        flt = DenyFilter(SandboxPolicy())
     except SeccompUnavailable as e:
         pytest.skip(f"libseccomp unavailable: {e}")
     for name in ("socket", "clone", "execve", "kill", "openat", "mkdir", "unshare", "prlimit64"):
@@ -188,4 +188,4 @@ def test_a_forked_copy_of_the_owner_cannot_stop_the_workers(pool):
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert [r["value"] for r in pool.run([fn("return 9")] * 2)] == ["9", "9"]
+    assert [r.value for r in pool.run([fn("return 9")] * 2)] == ["9", "9"]

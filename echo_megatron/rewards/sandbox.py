@@ -43,18 +43,13 @@ import weakref
 from dataclasses import dataclass, field
 
 from echo_megatron.errors import UserError
-from echo_megatron.rewards.protocol import MAX_FRAME, encode_frame
+from echo_megatron.rewards.policy import DEFAULT_PRELOAD, DEFAULT_PRELOAD_HEAVY, SandboxPolicy
+from echo_megatron.rewards.protocol import MAX_FRAME, Job, Reply, encode_frame
+from echo_megatron.rewards.runner import PROGRAM, role_of
 
-# Two worker profiles. Forking costs grow with the worker's memory (~2 ms with the stdlib, ~9 ms with
-# numpy + sympy + math-verify on the 2-core CI machine), so plain programs run in "light" workers and only
-# math-verify comparisons and programs that mention a heavy module go to "heavy" workers, started on first use.
-DEFAULT_PRELOAD: tuple[str, ...] = (
-    "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
-    "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator",
-)  # fmt: skip
-DEFAULT_PRELOAD_HEAVY: tuple[str, ...] = ("numpy", "sympy", "math_verify")
-LIGHT, HEAVY = "light", "heavy"
-WATCHDOG_GRACE_S = 5.0
+__all__ = ["DEFAULT_PRELOAD", "DEFAULT_PRELOAD_HEAVY", "HEAVY", "LIGHT", "SandboxError", "SandboxPool"]
+
+LIGHT, HEAVY = "light", "heavy"  # worker profiles (see policy.DEFAULT_PRELOAD)
 MAX_START_FAILURES = 3
 
 
@@ -149,42 +144,17 @@ def _shutdown(slots: list[_Slot], owner_pid: int) -> None:
 class SandboxPool:
     """A pool of sandbox workers. Thread-safe (one ``run`` at a time); a context manager."""
 
-    def __init__(
-        self,
-        workers: int = 2,
-        timeout_s: float = 3.0,
-        memory_mb: int = 1024,
-        max_output_bytes: int = 65536,
-        preload: tuple[str, ...] | list[str] = DEFAULT_PRELOAD,
-        preload_heavy: tuple[str, ...] | list[str] = DEFAULT_PRELOAD_HEAVY,
-        namespaces: bool = True,
-        privdrop: bool = True,
-        seccomp: bool = True,
-        uid_base: int = 61000,
-        start_timeout_s: float = 120.0,
-    ) -> None:
-        if int(workers) < 1:
-            raise ValueError(f"sandbox workers must be >= 1, got {workers}")
-        if not float(timeout_s) > 0:
-            raise ValueError(f"sandbox timeout_s must be > 0, got {timeout_s}")
-        if int(memory_mb) < 16 or int(max_output_bytes) < 1:
-            raise ValueError("sandbox memory_mb must be >= 16 and max_output_bytes >= 1")
-        self.workers = int(workers)
-        self.timeout_s = float(timeout_s)
-        self._init = {
-            "type": "init",
-            "timeout_s": self.timeout_s,
-            "memory_mb": int(memory_mb),
-            "max_output_bytes": int(max_output_bytes),
-            "namespaces": bool(namespaces),
-            "privdrop": bool(privdrop),
-            "seccomp": bool(seccomp),
-        }
-        self.preload = {LIGHT: list(preload), HEAVY: list(preload) + list(preload_heavy)}
+    def __init__(self, policy: SandboxPolicy | None = None, **overrides) -> None:
+        """``policy`` (default: ``SandboxPolicy()``) with any of its fields overridden by keyword
+        (``SandboxPool(workers=2, timeout_s=1.0)``)."""
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        self.policy = policy = (policy or SandboxPolicy()).with_(**overrides)
+        self.workers = policy.workers
+        self.timeout_s = policy.timeout_s
+        self._init = dict(policy.to_frame(), type="init")
+        self.preload = {LIGHT: list(policy.preload), HEAVY: list(policy.preload) + list(policy.preload_heavy)}
         # a program that names one of these modules runs in a heavy worker (else it would import it cold)
-        self.heavy_triggers = tuple(dict.fromkeys(m.split(".")[0] for m in preload_heavy))
-        self.uid_base = int(uid_base)
-        self.start_timeout_s = float(start_timeout_s)
+        self.heavy_triggers = tuple(dict.fromkeys(m.split(".")[0] for m in policy.preload_heavy))
         self._lock = threading.Lock()
         self._next_id = 0
         self._start_failures = 0
@@ -196,19 +166,8 @@ class SandboxPool:
 
     @classmethod
     def from_config(cls, cfg) -> SandboxPool:
-        """From a ``RewardConfig`` (dataclass or the OmegaConf ``rewards`` node)."""
-        return cls(
-            workers=cfg.sandbox_workers,
-            timeout_s=cfg.timeout_s,
-            memory_mb=cfg.memory_mb,
-            max_output_bytes=cfg.max_output_bytes,
-            preload=tuple(cfg.sandbox_preload),
-            preload_heavy=tuple(cfg.sandbox_preload_heavy),
-            namespaces=cfg.sandbox_namespaces,
-            privdrop=cfg.sandbox_privdrop,
-            seccomp=cfg.sandbox_seccomp,
-            uid_base=cfg.sandbox_uid,
-        )
+        """From a ``RewardConfig`` (dataclass or the OmegaConf ``rewards`` node); see ``SandboxPolicy.from_config``."""
+        return cls(SandboxPolicy.from_config(cfg))
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def _spawn(self, pos: int, profile: str) -> _Slot:
@@ -239,7 +198,7 @@ class SandboxPool:
             bufsize=0,
         )
         os.set_blocking(proc.stdout.fileno(), False)
-        init = dict(self._init, base=base, uid=self.uid_base + pos, preload=self.preload[profile])
+        init = dict(self._init, base=base, uid=self.policy.uid_base + pos, preload=self.preload[profile])
         slot = _Slot(pos=pos, profile=profile, proc=proc, base=base, spawned=time.monotonic())
         self._send(slot, init)
         return slot
@@ -293,25 +252,22 @@ class SandboxPool:
             self._run([], wait_all=True)
 
     # --- running jobs -------------------------------------------------------------------------------------
-    def run(self, jobs: list[dict]) -> list[dict]:
-        """Run jobs (see ``runner.py``) in parallel; one reply per job, in order:
-        ``{"value", "equal", "error", "detail", "elapsed"}``. Program failures are replies, never exceptions."""
+    def run(self, jobs: list[Job]) -> list[Reply]:
+        """Run jobs (see ``runner.py``) in parallel; one reply per job, in order. Program failures are replies,
+        never exceptions."""
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox pool is closed")
             return self._run(list(jobs))
 
-    def profile_of(self, job: dict) -> str:
+    def profile_of(self, job: Job) -> str:
         """HEAVY for math-verify comparisons and programs that name a heavy module, else LIGHT."""
-        if job.get("kind") == "verify":
+        if role_of(job) != PROGRAM:
             return HEAVY
-        code = (
-            job.get("code") if job.get("kind") == "function" else "\n".join(map(str, job.get("blocks", [])))
-        )
-        return HEAVY if any(m in str(code) for m in self.heavy_triggers) else LIGHT
+        return HEAVY if any(m in code for code in job.code for m in self.heavy_triggers) else LIGHT
 
-    def _run(self, jobs: list[dict], wait_all: bool = False) -> list[dict]:
-        results: list[dict | None] = [None] * len(jobs)
+    def _run(self, jobs: list[Job], wait_all: bool = False) -> list[Reply]:
+        results: list[Reply | None] = [None] * len(jobs)
         pending: dict[str, collections.deque] = {LIGHT: collections.deque(), HEAVY: collections.deque()}
         for i, job in enumerate(jobs):
             pending[self.profile_of(job)].append(i)
@@ -326,14 +282,14 @@ class SandboxPool:
                     i = queue.popleft()
                     self._next_id += 1
                     slot.job, slot.job_id, slot.started = i, self._next_id, now
-                    if not self._send(slot, dict(jobs[i], id=self._next_id)):
+                    if not self._send(slot, dict(jobs[i].to_frame(), id=self._next_id)):
                         self._lost(slot, results, "sandbox", "the worker's pipe is closed")
             busy = [s for s in self._slots if s.job is not None]
             booting = [s for s in self._slots if not s.ready and (pending[s.profile] or wait_all)]
             if not pending[LIGHT] and not pending[HEAVY] and not busy and not booting:
                 return list(results)  # type: ignore[arg-type]
-            wake = [s.started + self.timeout_s + WATCHDOG_GRACE_S for s in busy]
-            wake += [s.spawned + self.start_timeout_s for s in booting]
+            wake = [s.started + self.timeout_s + self.policy.watchdog_grace_s for s in busy]
+            wake += [s.spawned + self.policy.start_timeout_s for s in booting]
             wait = max(0.0, min([now + 1.0, *wake]) - now)
             fds = {s.proc.stdout.fileno(): s for s in self._slots}
             for fd in select.select(list(fds), [], [], wait)[0]:
@@ -378,14 +334,9 @@ class SandboxPool:
         if kind == "ready":
             slot.ready, slot.info = True, frame
             return True
-        if kind == "result" and slot.job is not None and frame.get("id") == slot.job_id:
-            results[slot.job] = {
-                "value": frame.get("value"),
-                "equal": frame.get("equal"),
-                "error": frame.get("error"),
-                "detail": frame.get("detail", ""),
-                "elapsed": float(frame.get("elapsed", 0.0)),
-            }
+        reply = Reply.decode(frame) if kind == "result" else None
+        if reply is not None and slot.job is not None and frame.get("id") == slot.job_id:
+            results[slot.job] = reply
             slot.job = slot.job_id = None
             self._start_failures = 0
             return True
@@ -400,14 +351,7 @@ class SandboxPool:
     def _lost(self, slot: _Slot, results: list, kind: str, detail: str) -> None:
         """Kill and replace a worker; its in-flight job (if any) gets the error ``kind``."""
         if slot.job is not None:
-            elapsed = time.monotonic() - slot.started
-            results[slot.job] = {
-                "value": None,
-                "equal": None,
-                "error": kind,
-                "detail": detail,
-                "elapsed": elapsed,
-            }
+            results[slot.job] = Reply.failure(kind, detail, time.monotonic() - slot.started)
         elif not slot.ready:
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
@@ -421,7 +365,9 @@ class SandboxPool:
     def _watchdog(self, results: list) -> None:
         now = time.monotonic()
         for slot in list(self._slots):
-            if slot.job is not None and now > slot.started + self.timeout_s + WATCHDOG_GRACE_S:
+            if slot.job is not None and now > slot.started + self.timeout_s + self.policy.watchdog_grace_s:
                 self._lost(slot, results, "timeout", "the sandbox worker stopped answering (killed)")
-            elif not slot.ready and now > slot.spawned + self.start_timeout_s:
-                self._lost(slot, results, "sandbox", f"no worker ready after {self.start_timeout_s:g} s")
+            elif not slot.ready and now > slot.spawned + self.policy.start_timeout_s:
+                self._lost(
+                    slot, results, "sandbox", f"no worker ready after {self.policy.start_timeout_s:g} s"
+                )

@@ -1,7 +1,7 @@
 """A seccomp-bpf deny list for sandboxed programs, built with libseccomp (through ctypes, no extra package).
 
-The sandbox child loads this filter just before it runs model code. Every listed system call kills the whole
-process with SIGSYS (``SCMP_ACT_KILL_PROCESS``), so a hostile program cannot catch the failure and carry on: the
+The list is ``SandboxPolicy.denied_syscalls`` (``policy.py``). The sandbox child loads this filter just before
+it runs model code. Every listed system call kills the whole process with SIGSYS (``SCMP_ACT_KILL_PROCESS``), so a hostile program cannot catch the failure and carry on: the
 worker sees the signal and reports the error kind ``forbidden``. Denied:
 
 - new processes and threads (clone/clone3/fork/vfork), execve, signals to other processes (kill/tkill/tgkill);
@@ -23,6 +23,8 @@ import ctypes
 import ctypes.util
 import os
 
+from echo_megatron.rewards.policy import SandboxPolicy
+
 ACT_KILL_PROCESS = 0x80000000
 ACT_KILL_THREAD = 0x00000000
 ACT_ALLOW = 0x7FFF0000
@@ -34,30 +36,6 @@ PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
 
-DENY: tuple[str, ...] = (
-    # processes, threads, programs, signals to others
-    "clone", "clone3", "fork", "vfork", "execve", "execveat",
-    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
-    # network
-    "socket", "socketpair",
-    # file system writes (open/openat are filtered by flags below)
-    "creat", "openat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat",
-    "renameat2", "link", "linkat", "symlink", "symlinkat", "mknod", "mknodat", "chmod", "fchmod",
-    "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "utime", "utimes",
-    "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
-    "fremovexattr", "name_to_handle_at", "open_by_handle_at", "memfd_create", "mq_open",
-    # limits and identity
-    "setrlimit", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
-    "setfsuid", "setfsgid", "capset", "personality",
-    # escapes and kernel attack surface
-    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "move_mount", "fsopen",
-    "fsmount", "fspick", "open_tree", "mount_setattr", "unshare", "setns", "chroot", "pivot_root",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "userfaultfd", "perf_event_open",
-    "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load",
-    "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl", "iopl", "ioperm",
-    "shmget", "semget", "msgget", "fanotify_init", "inotify_init", "inotify_init1",
-)  # fmt: skip
 WRITE_FLAGS: tuple[int, ...] = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
 
 
@@ -106,7 +84,7 @@ def _load_libseccomp() -> ctypes.CDLL:
 class DenyFilter:
     """A prepared (not yet loaded) filter. Build it once in the worker; ``load()`` in each forked child."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SandboxPolicy) -> None:
         self._lib = _load_libseccomp()
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._ctx = self._lib.seccomp_init(ACT_ALLOW)
@@ -114,7 +92,7 @@ class DenyFilter:
             raise SeccompUnavailable("seccomp_init failed")
         self.action = ACT_KILL_PROCESS
         self.denied: list[str] = []
-        for name in DENY:
+        for name in policy.denied_syscalls:
             self._rule(name)
         for flag in WRITE_FLAGS:  # open(path, flags) / openat(dirfd, path, flags)
             self._rule("open", _ArgCmp(1, CMP_MASKED_EQ, flag, flag))

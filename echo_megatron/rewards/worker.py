@@ -42,7 +42,8 @@ import sys
 import tempfile
 import time
 
-from echo_megatron.rewards.protocol import encode_frame, read_frame, write_all
+from echo_megatron.rewards.policy import SandboxPolicy
+from echo_megatron.rewards.protocol import Job, Reply, encode_frame, read_frame, write_all
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -57,8 +58,6 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 EXIT_SETUP_FAILED = 121
-NOFILE_LIMIT = 64
-SCRATCH_BYTES = 64 << 20  # the tmpfs holding every run dir of a worker (namespace mode)
 READ_SLACK = 64 << 10  # bytes of JSON framing allowed on top of the output cap
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 
@@ -72,7 +71,7 @@ def _sys(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def enter_namespaces(base: str) -> dict:
+def enter_namespaces(base: str, scratch_bytes: int) -> dict:
     """New network + mount namespaces (via a user namespace when not root); /tmp & co -> ``base``."""
     info = {"netns": False, "mountns": False, "userns": False, "private_tmp": False, "notes": []}
     uid, gid = os.getuid(), os.getgid()
@@ -95,7 +94,7 @@ def enter_namespaces(base: str) -> dict:
         return info
     try:
         _sys(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
-        opts = f"mode=711,size={SCRATCH_BYTES},nr_inodes=4096".encode()
+        opts = f"mode=711,size={scratch_bytes},nr_inodes=4096".encode()
         _sys(_libc.mount(b"tmpfs", base.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), f"tmpfs on {base}")
         info["scratch_tmpfs"] = True
         if os.geteuid() == 0:
@@ -203,9 +202,10 @@ def vm_size_bytes() -> int:
 
 class Worker:
     def __init__(self, init: dict) -> None:
-        self.timeout_s = float(init["timeout_s"])
-        self.memory_bytes = int(init["memory_mb"]) << 20
-        self.max_output = int(init["max_output_bytes"])
+        self.policy = policy = SandboxPolicy.from_frame(init)
+        self.timeout_s = policy.timeout_s
+        self.memory_bytes = policy.memory_mb << 20
+        self.max_output = policy.max_output_bytes
         self.base = init["base"]
         self.pid = os.getpid()
         self.isolation: dict = {
@@ -215,13 +215,13 @@ class Worker:
             "private_tmp": False,
             "notes": [],
         }
-        if init.get("namespaces", True):
-            self.isolation.update(enter_namespaces(self.base))
+        if policy.namespaces:
+            self.isolation.update(enter_namespaces(self.base, policy.scratch_bytes))
         else:
             self.isolation["notes"].append("namespaces disabled by config")
         self.tmp_root = "/tmp" if self.isolation.get("private_tmp") else self.base
         self.uid = None
-        if init.get("privdrop", True) and os.geteuid() == 0 and not self.isolation.get("userns"):
+        if policy.privdrop and os.geteuid() == 0 and not self.isolation.get("userns"):
             self.uid = int(init["uid"])
         self.isolation["privdrop"] = self.uid is not None
         if self.uid is not None and not self.isolation["mountns"] and _blocked_ancestor(sys.prefix):
@@ -240,11 +240,11 @@ class Worker:
         if "math_verify" in self.preloaded:  # the verify jobs' entry point, ready in every fork
             importlib.import_module("echo_megatron.rewards.equivalence")
         self.filter = None
-        if init.get("seccomp", True):
+        if policy.seccomp:
             try:
                 from echo_megatron.rewards.seccomp import DenyFilter
 
-                self.filter = DenyFilter()
+                self.filter = DenyFilter(policy)
             except Exception as e:
                 self.isolation["notes"].append(f"no seccomp ({e})")
         else:
@@ -278,7 +278,7 @@ class Worker:
                 (resource.RLIMIT_CPU, cpu, cpu + 1),
                 (resource.RLIMIT_AS, vm_size_bytes() + self.memory_bytes, None),
                 (resource.RLIMIT_FSIZE, self.max_output, None),
-                (resource.RLIMIT_NOFILE, NOFILE_LIMIT, None),
+                (resource.RLIMIT_NOFILE, self.policy.nofile, None),
                 (resource.RLIMIT_NPROC, 0, None),
                 (resource.RLIMIT_CORE, 0, None),
             ]
@@ -293,19 +293,19 @@ class Worker:
                 os._exit(EXIT_SETUP_FAILED)
             if self.filter is not None:
                 self.filter.load()
-            job = json.loads(_read_to_eof(4))
+            job = Job.from_frame(json.loads(_read_to_eof(4)))
             os.close(4)
         except BaseException as e:
-            msg = {"value": None, "equal": None, "error": "sandbox", "detail": f"child setup: {e!r}"}
+            reply = Reply.failure("sandbox", f"child setup: {e!r}")
             try:
-                write_all(3, json.dumps(msg).encode())
+                write_all(3, json.dumps(reply.to_frame()).encode())
             finally:
                 os._exit(EXIT_SETUP_FAILED)
         from echo_megatron.rewards.runner import run_job
 
         reply = run_job(job, self.max_output)
         try:
-            write_all(3, json.dumps(reply).encode())
+            write_all(3, json.dumps(reply.to_frame()).encode())
         finally:
             os._exit(0)
 
@@ -337,7 +337,7 @@ class Worker:
             self._reap(pid, 0.0, "exit")
             shutil.rmtree(rundir, ignore_errors=True)
 
-    def run(self, job: dict) -> dict:
+    def run(self, job: dict) -> Reply:
         """Hand ``job`` to the armed child and collect its reply within the deadline."""
         if self.armed is None:
             self.arm()
@@ -357,9 +357,7 @@ class Worker:
             os.close(res_r)
         status, rusage, why = self._reap(pid, deadline, why)
         shutil.rmtree(rundir, ignore_errors=True)
-        reply = self._interpret(data, status, rusage, why)
-        reply["elapsed"] = time.perf_counter() - t0
-        return reply
+        return self._interpret(data, status, rusage, why).timed(time.perf_counter() - t0)
 
     def _collect(self, r: int, deadline: float) -> tuple[bytes, str | None]:
         """Read the reply until EOF; stop at the deadline ("timeout") or past the byte cap ("output")."""
@@ -413,10 +411,8 @@ class Worker:
         _, status, rusage = os.wait4(pid, 0)
         return status, rusage
 
-    def _interpret(self, data: bytes, status: int, rusage, why: str | None) -> dict:
-        def err(kind: str, detail: str) -> dict:
-            return {"value": None, "equal": None, "error": kind, "detail": detail}
-
+    def _interpret(self, data: bytes, status: int, rusage, why: str | None) -> Reply:
+        err = Reply.failure
         if why == "timeout":
             return err("timeout", f"no result within {self.timeout_s:g} s (killed)")
         if why == "output":
@@ -433,20 +429,12 @@ class Worker:
                 return err("crash", f"killed by {name}")
             return err("killed", f"killed by {name}")
         code = os.WEXITSTATUS(status)
-        try:
-            reply = json.loads(data) if data else None
-        except ValueError:
-            reply = None
-        if code == EXIT_SETUP_FAILED and isinstance(reply, dict) and reply.get("error") == "sandbox":
-            return err("sandbox", str(reply.get("detail", ""))[:300])
-        if code != 0 or not isinstance(reply, dict) or not {"value", "error", "equal"} <= set(reply):
+        reply = Reply.decode(data)
+        if code == EXIT_SETUP_FAILED and reply is not None and reply.error == "sandbox":
+            return reply
+        if code != 0 or reply is None:
             return err("exit", f"the process ended (status {code}) without a valid result")
-        return {
-            "value": None if reply["value"] is None else str(reply["value"])[:1000],
-            "equal": reply["equal"] if isinstance(reply["equal"], bool) else None,
-            "error": None if reply["error"] is None else str(reply["error"])[:40],
-            "detail": str(reply.get("detail", ""))[:300],
-        }
+        return reply
 
 
 def main() -> int:
@@ -475,15 +463,8 @@ def main() -> int:
         try:
             reply = worker.run(job)
         except Exception as e:  # a worker-side failure (e.g. no space for the run dir): report, keep serving
-            reply = {
-                "value": None,
-                "equal": None,
-                "error": "sandbox",
-                "detail": f"worker: {e!r}",
-                "elapsed": 0.0,
-            }
-        reply["type"], reply["id"] = "result", job.get("id")
-        write_all(proto_out, encode_frame(reply))
+            reply = Reply.failure("sandbox", f"worker: {e!r}")
+        write_all(proto_out, encode_frame(dict(reply.to_frame(), type="result", id=job.get("id"))))
         try:
             worker.arm()  # the next child hardens itself while the controller sends the next job
         except OSError:
