@@ -54,15 +54,24 @@ def solutions() -> list[str]:
     ]
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds of this process plus the given workers and their reaped children (/proc/PID/stat)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    total = me.ru_utime + me.ru_stime
-    for pid in pids:
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``, its reaped children and, recursively, its live children (/proc)."""
+    try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
-    return total
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:  # it exited meanwhile
+        return 0.0
+    own = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return own + sum(_tree_cpu_s(c) for c in children)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds of this process plus the given workers' process trees (the template, whose reaped children
+    are the programs)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime + sum(_tree_cpu_s(pid) for pid in pids)
 
 
 def pool_rate(comps: list[str], workers: int, repeat: int) -> tuple[float, float, int, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import platform
 import signal
 import threading
 
@@ -12,7 +13,7 @@ import pytest
 
 from echo_megatron.config.rl import RewardConfig
 from echo_megatron.rewards import Job, SandboxError, SandboxPool
-from echo_megatron.rewards.sandbox import DEFAULT_PRELOAD, DEFAULT_PRELOAD_HEAVY, HEAVY, LIGHT
+from echo_megatron.rewards.sandbox import DEFAULT_PRELOAD, DEFAULT_PRELOAD_HEAVY, HEAVY, LIGHT, VERIFIER
 
 
 def fn(body: str) -> Job:
@@ -79,11 +80,13 @@ def test_dead_worker_is_replaced_and_its_job_reported(pool):
     assert [r.value for r in pool.run([fn("return 5")] * 3)] == ["5"] * 3
 
 
-def test_heavy_workers_start_only_for_heavy_jobs():
+def test_heavy_and_verify_workers_start_only_for_their_jobs():
+    """Programs naming a heavy module go to heavy workers; math-verify comparisons (the only jobs that see a gold)
+    to separate verify workers, which never run model code."""
     with SandboxPool(workers=1, timeout_s=3.0) as p:
         assert p.profile_of(fn("return 1")) == LIGHT
         assert p.profile_of(fn("import sympy\nreturn sympy.Integer(3)")) == HEAVY
-        assert p.profile_of(Job("verify", gold="1", pred="1")) == HEAVY
+        assert p.profile_of(Job("verify", gold="1", pred="1")) == VERIFIER
         assert len(p.worker_pids) == 1
         light, heavy, verify = p.run(
             [
@@ -93,7 +96,11 @@ def test_heavy_workers_start_only_for_heavy_jobs():
             ]
         )
         assert (light.value, heavy.value, verify.equal) == ("2", "3", True)
-        assert len(p.worker_pids) == 2
+        assert [s.profile for s in p._slots] == [LIGHT, HEAVY, VERIFIER]
+        # a program that reached a verify worker (here by routing everything there) is refused by it
+        p.profile_of = lambda job: VERIFIER
+        (refused,) = p.run([fn("return 1")])
+        assert refused.error == "sandbox" and "does not run" in refused.detail
 
 
 def test_close_is_idempotent_and_cleans_up():
@@ -147,23 +154,41 @@ def test_config_and_invalid_arguments():
             SandboxPool(**bad)
 
 
-def test_seccomp_filter_kills_denied_calls_only():
+def test_seccomp_allow_list_kills_everything_else():
+    """The filter alone (no other layer): what a program needs works, anything else kills the process, including
+    system calls newer than the list (raw numbers past the x86-64 table libseccomp was built with)."""
     from echo_megatron.rewards.policy import SandboxPolicy
-    from echo_megatron.rewards.seccomp import DenyFilter, SeccompUnavailable
+    from echo_megatron.rewards.seccomp import AllowFilter, SeccompUnavailable
 
     try:
-        flt = DenyFilter(SandboxPolicy())
+        flt = AllowFilter(SandboxPolicy())
     except SeccompUnavailable as e:
         pytest.skip(f"libseccomp unavailable: {e}")
-    for name in ("socket", "clone", "execve", "kill", "openat", "mkdir", "unshare", "prlimit64"):
-        assert name in flt.denied
+    for name in ("socket", "clone", "execve", "kill", "mkdir", "unshare", "ptrace", "setpriority", "flock"):
+        assert name not in flt.allowed
+    sigsys = -signal.SIGSYS
     cases = {
         "x = sum(range(1000))": 0,
         "open('/etc/hostname').read()": 0,
-        "import socket; socket.socket()": -signal.SIGSYS,
-        "open('x_should_not_exist', 'w')": -signal.SIGSYS,
-        "import os; os.fork()": -signal.SIGSYS,
+        "import os; os.listdir('/')": 0,
+        "import resource; resource.getrlimit(resource.RLIMIT_AS)": 0,
+        "import os, fcntl; fcntl.fcntl(0, fcntl.F_GETFL)": 0,
+        "import os; assert not os.isatty(0)": 0,  # ioctl fails with ENOTTY, does not kill
+        "import socket; socket.socket()": sigsys,
+        "open('x_should_not_exist', 'w')": sigsys,
+        "import os; os.open('/etc/hostname', os.O_RDONLY | os.O_TRUNC)": sigsys,
+        "import os; os.fork()": sigsys,
+        "import os, signal; os.kill(1, signal.SIGCONT)": sigsys,
+        "import os; os.setpriority(os.PRIO_PROCESS, 0, 5)": sigsys,
+        "import fcntl; fcntl.fcntl(0, fcntl.F_SETOWN, 1)": sigsys,
+        "import resource; resource.setrlimit(resource.RLIMIT_CPU, (100, 100))": sigsys,
     }
+    if platform.machine() == "x86_64":
+        cases |= {
+            "import ctypes; ctypes.CDLL(None).syscall(463, 0, 0, 0, 0, 0)": sigsys,  # setxattrat (Linux 6.13)
+            "import ctypes; ctypes.CDLL(None).syscall(469, 0, 0, 0, 0, 0)": sigsys,  # file_setattr (Linux 6.17)
+            "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)": sigsys,  # x32 getpid
+        }
     for code, expected in cases.items():
         pid = os.fork()
         if pid == 0:

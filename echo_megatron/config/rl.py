@@ -41,7 +41,7 @@ class RewardConfig:
     verifier: str = "strict"  # how an answer is found and compared: a key of rewards.verifiers.VERIFIERS
     reward: str = "binary"  # correctness -> reward: a key of rewards.score.REWARDS
     last_number_fallback: bool = True  # nl answers: take the last number when there is no final answer
-    rel_tol: float = 1e-6  # numeric answers: |a - b| <= rel_tol * max(|a|, |b|)
+    rel_tol: float = 1e-6  # fraction golds: |p - g| <= rel_tol * |g| (see rewards/equivalence.py)
     correct_reward: float = 1.0
     wrong_reward: float = 0.0
     sandbox_workers: int = _POLICY.workers  # pre-forked sandbox worker processes
@@ -50,10 +50,12 @@ class RewardConfig:
     max_output_bytes: int = (
         _POLICY.max_output_bytes
     )  # stdout+stderr cap per program (also its file-size rlimit)
-    sandbox_namespaces: bool = _POLICY.namespaces  # new network + mount namespaces where they can be made
-    sandbox_privdrop: bool = _POLICY.privdrop  # as root: programs run under a per-worker uid
-    sandbox_seccomp: bool = _POLICY.seccomp  # the seccomp filter (no fork/exec/sockets/file writes)
-    sandbox_uid: int = _POLICY.uid_base
+    sandbox_namespaces: bool = _POLICY.namespaces  # PID, mount (the filesystem view), network, IPC, UTS
+    sandbox_privdrop: bool = _POLICY.privdrop  # as root: programs run under a per-worker uid leased host-wide
+    sandbox_seccomp: bool = _POLICY.seccomp  # the seccomp allow list (no fork/exec/sockets/file writes)
+    # run programs even where a layer is missing (no namespaces / seccomp / uid): else the pool refuses to start
+    sandbox_unsafe_ok: bool = _POLICY.unsafe_ok
+    sandbox_uid: int = _POLICY.uid_base  # first uid of the host-wide lease range (root)
     # modules imported once per worker; "heavy" ones live in separate workers (see SandboxPolicy)
     sandbox_preload: list[str] = field(default_factory=lambda: list(_POLICY.preload))
     sandbox_preload_heavy: list[str] = field(default_factory=lambda: list(_POLICY.preload_heavy))

@@ -24,7 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from echo_megatron.rewards.equivalence import answers_equal
-from echo_megatron.rewards.extract import code_program, gold_answer, llm_code_blocks, nl_answer
+from echo_megatron.rewards.extract import (
+    MAX_COMPLETION_CHARS,
+    code_program,
+    gold_answer,
+    llm_code_blocks,
+    nl_answer,
+)
 from echo_megatron.rewards.formats import CODE, CODE_INTERP, EMPTY, classify_format
 from echo_megatron.rewards.protocol import Job, Reply
 
@@ -61,9 +67,11 @@ class Verifier:
         self.rel_tol = float(setting(cfg, "rel_tol", 1e-6))
 
     def extract(self, item: Item, task: str) -> Job | None:
-        item.format = classify_format(item.text)
+        item.format = classify_format(item.text[:MAX_COMPLETION_CHARS])
         item.gold = gold_answer(item.reference, task)
-        if item.format == EMPTY:
+        if len(item.text) > MAX_COMPLETION_CHARS:
+            item.error = "too_long"
+        elif item.format == EMPTY:
             item.error = "empty"
         elif item.format == CODE:
             return Job("function", (code_program(item.text),))
