@@ -337,7 +337,7 @@ class SandboxPool:
             if not any(pending.values()) and not busy and not booting:
                 return list(results)  # type: ignore[arg-type]
             now = time.monotonic()
-            wake = [s.started + self.timeout_s + self.policy.watchdog_grace_s for s in busy]
+            wake = [s.started + self._timeout(s) + self.policy.watchdog_grace_s for s in busy]
             wake += [s.spawned + self.policy.start_timeout_s for s in booting]
             wait = max(0.0, min([now + 1.0, *wake]) - now)
             fds = {s.sock.fileno(): s for s in self._slots}
@@ -354,6 +354,9 @@ class SandboxPool:
                 if slot.job is not None and slot.ended is not None and slot.res_r is None:
                     self._finish(slot, results)
             self._watchdog(results)
+
+    def _timeout(self, slot: _Slot) -> float:
+        return self.policy.verify_timeout_s if slot.profile == VERIFIER else self.timeout_s
 
     def _start(self, slot: _Slot, queue: collections.deque, jobs: list[Job]) -> None:
         """Write the next job into the armed child's pipe and start its deadline."""
@@ -447,7 +450,7 @@ class SandboxPool:
             self._fail(f"sandbox programs cannot start: {detail}; {START_HINT}")
 
     def _finish(self, slot: _Slot, results: list) -> None:
-        reply = outcome(bytes(slot.data), slot.ended, self.timeout_s, slot.overflow)
+        reply = outcome(bytes(slot.data), slot.ended, self._timeout(slot), slot.overflow)
         results[slot.job] = reply.timed(time.monotonic() - slot.started)
         slot.job = slot.n = slot.ended = None
         slot.data = bytearray()
@@ -469,7 +472,10 @@ class SandboxPool:
     def _watchdog(self, results: list) -> None:
         now = time.monotonic()
         for slot in list(self._slots):
-            if slot.job is not None and now > slot.started + self.timeout_s + self.policy.watchdog_grace_s:
+            if (
+                slot.job is not None
+                and now > slot.started + self._timeout(slot) + self.policy.watchdog_grace_s
+            ):
                 self._lost(slot, results, "timeout", "the sandbox worker stopped answering (killed)")
             elif not slot.ready and now > slot.spawned + self.policy.start_timeout_s:
                 limit = self.policy.start_timeout_s

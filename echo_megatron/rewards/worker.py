@@ -34,6 +34,7 @@ import ctypes
 import gc
 import importlib
 import json
+import logging
 import math
 import os
 import resource
@@ -57,6 +58,14 @@ PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_VERSION_3 = 0x20080522
+# constant comparisons a verify template runs at start (no job's data): fractions, radicals, polynomials, sets
+WARM_UP = (
+    ("1", "1"),
+    ("\\frac{1}{2}", "0.5"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),
+    ("x^2", "x^3"),
+    ("\\{1,2\\}", "[1, 2)"),
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -127,8 +136,14 @@ class Template:
         if failed:
             self.iso["notes"].append("not preloaded: " + ", ".join(failed))
         importlib.import_module("echo_megatron.rewards.runner")
-        if self.role == VERIFY:
-            importlib.import_module("echo_megatron.rewards.equivalence")
+        self.timeout_s = policy.verify_timeout_s if self.role == VERIFY else policy.timeout_s
+        if self.role == VERIFY:  # math-verify builds its parsers on first use: once here, not in every child
+            logging.getLogger("math_verify").setLevel(
+                logging.ERROR
+            )  # "timeout disabled": the sandbox times out
+            equivalence = importlib.import_module("echo_megatron.rewards.equivalence")
+            for gold, pred in WARM_UP:
+                equivalence.math_verify_equal(gold, pred)
         self.filter = self._seccomp()
         self.memory_limit = vm_size_bytes() + (policy.memory_mb << 20)
         self.run_root = self._view(init["base"])
@@ -230,7 +245,7 @@ class Template:
         if child is None or msg.get("n") != child.n:
             return True  # about a child already reaped
         if msg.get("op") == "go" and child.deadline is None:
-            child.deadline = time.monotonic() + self.policy.timeout_s
+            child.deadline = time.monotonic() + self.timeout_s
         elif msg.get("op") == "kill" and child.why is None:
             self._kill("killed")
         return True
@@ -312,7 +327,7 @@ class Template:
             os.environ.update(HOME=rundir, TMPDIR=rundir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
             tempfile.tempdir = rundir
             p = self.policy
-            cpu = max(1, math.ceil(p.timeout_s))
+            cpu = max(1, math.ceil(self.timeout_s))
             limits = [
                 (resource.RLIMIT_CPU, cpu, cpu + 1),
                 (resource.RLIMIT_AS, self.memory_limit, None),
