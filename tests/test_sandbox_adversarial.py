@@ -99,7 +99,7 @@ def hunt_paths(scored: Path) -> list[str]:
     data = glob.glob(f"{REPO}/tests/data/**/*.gz", recursive=True) + glob.glob(
         f"{REPO}/echo_megatron/assets/**/*.gz"
     )
-    return [str(scored), *data, f"{REPO}/README.md", "/work/shared/data/gsm8k/test.jsonl"]
+    return [str(scored), *data, f"{REPO}/README.md", f"{REPO}/pyproject.toml"]
 
 
 def programs(listener: Listener, scored: Path) -> list[tuple[str, str, str, str]]:
@@ -110,7 +110,7 @@ def programs(listener: Listener, scored: Path) -> list[tuple[str, str, str, str]
             out.append((f"{fmt}:{name}", wrap(body + "\nreturn 42"), "42", "testbed"))
     subst = {
         "PATHS": repr(hunt_paths(scored)),
-        "REPO_DIRS": repr([REPO, f"{REPO}/tests", "/work/shared/data"]),
+        "REPO_DIRS": repr([REPO, f"{REPO}/tests", f"{REPO}/echo_megatron/assets"]),
     }
     for name, body in HUNTS.items():
         for key, value in subst.items():

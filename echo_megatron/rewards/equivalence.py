@@ -202,7 +202,7 @@ def math_verify_equal(gold: str, pred: str) -> bool:
     """math-verify: parse both as LaTeX (``$..$``) or plain expressions, then compare symbolically.
 
     Timeouts are left to the caller (math-verify's own use ``signal.alarm``, which fails off the main thread);
-    ``score`` runs this in a sandboxed process with a wall-clock limit.
+    ``score`` runs this in a sandboxed verify worker with a wall-clock limit.
     """
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 

@@ -89,6 +89,7 @@ class _Slot:
     base: str
     lease: UidLease | None
     spawned: float
+    lease_ms: float = 0.0  # time to lease its uid (the /proc scan for strays included)
     ready: bool = False
     info: dict = field(default_factory=dict)
     armed: tuple[int, int, int] | None = None  # (child number, job pipe write end, result pipe read end)
@@ -204,12 +205,13 @@ class SandboxPool:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def _spawn(self, pos: int, profile: str) -> _Slot:
-        lease = None
+        lease, t0 = None, time.perf_counter()
         if os.geteuid() == 0 and self.policy.privdrop:
             try:
                 lease = UidLease.acquire(self.policy)
             except (LeaseError, OSError) as e:
                 self._fail(f"cannot lease a sandbox uid: {e}")
+        lease_ms = round((time.perf_counter() - t0) * 1000, 1)
         base = tempfile.mkdtemp(prefix="echo-sbx-")
         os.chmod(base, 0o711)  # (without namespaces) the program's uid may traverse it to its run dir
         paths = import_roots([*self.preload[profile]])
@@ -240,7 +242,7 @@ class SandboxPool:
         finally:
             theirs.close()
         mine.setblocking(False)
-        slot = _Slot(pos, profile, proc, mine, base, lease, time.monotonic())
+        slot = _Slot(pos, profile, proc, mine, base, lease, time.monotonic(), lease_ms=lease_ms)
         role = VERIFY if profile == VERIFIER else PROGRAM
         uid = lease.uid if lease else None
         self._send(slot, dict(self._init, role=role, uid=uid, base=base, preload=self.preload[profile]))
@@ -294,7 +296,10 @@ class SandboxPool:
         uids of all workers: safe, unsafe, pidns, mountns, netns, ipcns, utsns, userns, view, exposed,
         private_tmp, privdrop, uid(s), caps_dropped, seccomp, notes."""
         self.wait_ready()
-        return dict(self._slots[0].info.get("isolation", {}), uids=self.uids, unsafe_ok=self.policy.unsafe_ok)
+        first = self._slots[0]
+        iso = dict(first.info.get("isolation", {}), uids=self.uids, unsafe_ok=self.policy.unsafe_ok)
+        iso["setup_ms"] = dict(iso.get("setup_ms", {}), lease=first.lease_ms)
+        return iso
 
     def wait_ready(self) -> None:
         """Block until every worker started so far has started (a no-op once they have)."""
@@ -423,7 +428,8 @@ class SandboxPool:
             slot.ready, slot.info = True, msg
             iso = msg.get("isolation", {})
             if not iso.get("safe") and not self.policy.unsafe_ok:
-                gaps = "; ".join(iso.get("unsafe", [])) or "unknown"
+                why = [n for n in iso.get("notes", []) if n.startswith("no ")]  # the cause, e.g. unshare: EPERM
+                gaps = "; ".join(iso.get("unsafe", []) + why) or "unknown"
                 self._fail(f"the sandbox is not safe here ({gaps}); {UNSAFE_HINT}")
         elif op == "exit" and slot.job is not None and msg.get("n") == slot.n:
             slot.ended = Exit(int(msg.get("status", 0)), float(msg.get("cpu_s", 0.0)), msg.get("why"))

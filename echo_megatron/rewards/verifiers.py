@@ -15,8 +15,14 @@ this project's verifier (module docstrings of ``extract`` and ``equivalence`` gi
 - ``code``: the program runs in the sandbox and ``simple_math_problem()`` is called (else the last zero-argument
   function, a global ``result`` or the last printed line); ``code_interp``: every ``<llm-code>`` block runs in
   one session and the last block's value or printed output is the answer; the text is never used for them;
-- numbers are compared in-process (``equivalence.answers_equal``), LaTeX answers by math-verify in a separate
-  sandboxed process.
+- numbers are compared in-process (``equivalence.answers_equal``), LaTeX answers by math-verify in a verify
+  worker (sandboxed, and never running model code).
+
+Adding a verifier (the paper's, say): subclass ``Verifier``, override the steps that differ, add it to
+``VERIFIERS``. A step that must run code returns a ``Job`` whose ``kind`` names a runner in ``runner.RUNNERS``
+(a new kind is a new runner there, with its role: ``program`` jobs never see a gold, ``verify`` jobs never run
+model code); ``take`` may fall back to the text (``item.text``, and ``item.prompt`` when the caller passed
+prompts) when the program gives nothing.
 """
 
 from __future__ import annotations
