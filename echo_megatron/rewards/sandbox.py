@@ -428,7 +428,8 @@ class SandboxPool:
             slot.ready, slot.info = True, msg
             iso = msg.get("isolation", {})
             if not iso.get("safe") and not self.policy.unsafe_ok:
-                why = [n for n in iso.get("notes", []) if n.startswith("no ")]  # the cause, e.g. unshare: EPERM
+                # the cause, e.g. "no namespaces (unshare: Operation not permitted)"
+                why = [n for n in iso.get("notes", []) if n.startswith("no ")]
                 gaps = "; ".join(iso.get("unsafe", []) + why) or "unknown"
                 self._fail(f"the sandbox is not safe here ({gaps}); {UNSAFE_HINT}")
         elif op == "exit" and slot.job is not None and msg.get("n") == slot.n:
