@@ -336,9 +336,19 @@ def attacks(tcp_port: int, udp_port: int, token: str, home: str, repo: str) -> d
         "listmount_458": "import ctypes\nctypes.CDLL(None).syscall(458, 0, 0, 0, 0)",
         "mseal_462": "import ctypes\nctypes.CDLL(None).syscall(462, 0, 0, 0)",
         "unknown_syscall_999": "import ctypes\nctypes.CDLL(None).syscall(999)",
+        "raw_clone3": "import ctypes\nctypes.CDLL(None).syscall(435, 0, 0)",
+        "raw_vfork": "import ctypes\nif not ARCH_X86_64:\n    raise OSError('x86-64 only')\nctypes.CDLL(None).syscall(58)",
+        "prctl_rename": "import ctypes\nctypes.CDLL(None).prctl(15, b'init', 0, 0, 0)",
         "x32_abi_getpid": "import ctypes\nctypes.CDLL(None).syscall(0x40000000 | 39)",
         # --- the sandbox's own channel ------------------------------------------------------------------------
         "garbage_result": 'import os\nos.write(3, b\'{"value": "42"\')\nos._exit(0)',
+        "nested_result": "import os\nos.write(3, b'[' * 200000)\nos._exit(0)",
+        "typed_result": (
+            'import os\nos.write(3, b\'{"value": 42, "equal": true, "error": null}\')\nos._exit(0)'
+        ),
+        "unknown_error_kind": (
+            'import os\nos.write(3, b\'{"value": "42", "equal": null, "error": "pwn"}\')\nos._exit(0)'
+        ),
         "close_result_fd": "import os\nos.close(3)\nreturn 42",
         "sys_exit": "import sys\nsys.exit(0)",
         "raise_system_exit": "raise SystemExit(42)",

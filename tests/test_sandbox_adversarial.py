@@ -6,7 +6,7 @@ secret, find no gold, and leave the pool working: a benign program afterwards st
 is closed no process of its uids is left. Before the hunts, the same pool handled jobs that held the gold G (a
 program that returned it, a math-verify comparison against it, a decoy process whose command line holds it).
 
-Cost: ~170 programs, ~15 s on the 2-core CI machine (the time-limit attacks dominate: 1 s each over 2 workers).
+Cost: 250 programs, 11-30 s on the 2-core CI machine (the time-limit attacks dominate: 1 s each over 2 workers).
 """
 
 from __future__ import annotations
