@@ -22,7 +22,8 @@ Isolation (``isolation`` reports what each worker could set up; ``worker.py`` an
                       any pool on the host share one; in a user namespace every capability is dropped instead
     seccomp           an allow list (``seccomp.py``); rlimits; a wall-clock deadline; an output cap
 
-``isolation["safe"]`` is true when all of these are in place. Otherwise the pool refuses to start, with one line
+What each layer costs per program and per worker is measured in ``worker.py``'s docstring (``python
+bench/sandbox_throughput.py --layers``). ``isolation["safe"]`` is true when all of these are in place. Otherwise the pool refuses to start, with one line
 naming what is missing, unless ``rewards.sandbox_unsafe_ok=true`` (then programs run with what there is:
 ``isolation["unsafe"]`` lists the gaps).
 
