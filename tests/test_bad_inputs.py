@@ -15,6 +15,11 @@ from echo_megatron.cli import main
 from echo_megatron.commands import score as score_cmd
 
 GOOD = {"completion": "def simple_math_problem():\n    return 6 * 7", "answer": "42"}
+NUMERIC_GOLDS = [  # (answer as JSON, a completion that is right, one that is wrong)
+    (b"42", "\\boxed{42}", "\\boxed{43}"),
+    (b"27.0", "\\boxed{27}", "\\boxed{27.5}"),
+    (b"0.5", "\\boxed{1/2}", "\\boxed{0.6}"),
+]
 OLD_OUT = '{"old": "results"}\n'
 
 
@@ -97,11 +102,10 @@ LINE_ERRORS = [
     (b'{"answer": "1"}', "missing field 'completion'"),
     (b'{"completion": "x"}', "missing field 'answer'"),
     (b'{"completion": 42, "answer": "42"}', "field 'completion' is a number, not a string"),
-    (b'{"completion": "x", "answer": 42}', "field 'answer' is a number, not a string"),
-    (b'{"completion": "x", "answer": null}', "field 'answer' is null, not a string"),
+    (b'{"completion": "x", "answer": null}', "field 'answer' is null, not a string or a number"),
     (b'{"completion": ["x"], "answer": "1"}', "field 'completion' is an array, not a string"),
-    (b'{"completion": "x", "answer": {"v": 1}}', "field 'answer' is an object, not a string"),
-    (b'{"completion": "x", "answer": true}', "field 'answer' is a boolean, not a string"),
+    (b'{"completion": "x", "answer": {"v": 1}}', "field 'answer' is an object, not a string or a number"),
+    (b'{"completion": "x", "answer": true}', "field 'answer' is a boolean, not a string or a number"),
     (b'{"completion": "x", "answer": "1", "score": NaN}', "NaN is not valid JSON"),
     (b'{"completion": "x", "answer": "1", "score": Infinity}', "Infinity is not valid JSON"),
     (b'{"completion": "x", "answer": "1", "score": -Infinity}', "-Infinity is not valid JSON"),
@@ -221,3 +225,19 @@ def test_valid_slurm_values_render(tmp_path):
             "--qos=high",
         ):
             assert f"#SBATCH {line}\n" in rendered.script
+
+
+def test_numeric_answers_are_compared_as_numbers(tmp_path, capsys):
+    """AIME / AMC golds arrive as JSON numbers: compared as the number, not refused and not mangled."""
+    lines = []
+    for gold, right, wrong in NUMERIC_GOLDS:
+        for completion in (right, wrong):
+            lines.append(b'{"completion": ' + json.dumps(completion).encode() + b', "answer": ' + gold + b"}")
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    rc, _, err = _run(capsys, str(src), "--task", "amc", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rc == 0 and [r["correct"] for r in rows] == [True, False] * len(NUMERIC_GOLDS), (rows, err)
+    assert [r["answer"] for r in rows[::2]] == [
+        json.loads(g) for g, _, _ in NUMERIC_GOLDS
+    ]  # carried as given

@@ -9,9 +9,10 @@ go to stdout and the summary to stderr.
 Bad input never stops it and never produces a traceback:
 
 - a line that is not UTF-8, not JSON (``NaN``/``Infinity`` and numbers past float64 are not JSON), nested too
-  deeply, longer than ``MAX_LINE_BYTES``, not an object, without one of the two fields, or whose completion or
-  answer is not a string (no silent conversion) gets a result line with ``error: "bad_input"`` naming the file,
-  the line number and the problem (and a warning on stderr);
+  deeply, longer than ``MAX_LINE_BYTES``, not an object, without one of the two fields, whose completion is not a
+  string or whose answer is neither a string nor a number (AIME and AMC golds are numbers; a number is compared as
+  the number it is, never a boolean or null turned into text) gets a result line with ``error: "bad_input"``
+  naming the file, the line number and the problem (and a warning on stderr);
 - a bad argument (``--timeout nan``, ``--workers 0``, ``--out`` a folder or in a missing one, an unreadable
   input) is one line on stderr and exit status 2, before any worker starts;
 - ``--out`` is written to a temporary file next to it and renamed over it at the end: an existing ``--out`` is
@@ -107,12 +108,19 @@ def _parse_line(raw: bytes, where: str, cfield: str, afield: str) -> tuple[dict,
         return {}, f"{where}: not JSON ({str(e)[:200]})"
     if not isinstance(row, dict):
         return {}, f"{where}: {_json_type(row)}, not a JSON object"
-    for f in (cfield, afield):
+    for f, kinds in ((cfield, "a string"), (afield, "a string or a number")):
         if f not in row:
             return {}, f"{where}: missing field {f!r}"
-        if not isinstance(row[f], str):
-            return {}, f"{where}: field {f!r} is {_json_type(row[f])}, not a string"
+        value = row[f]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (isinstance(value, str) or (number and f == afield)):
+            return {}, f"{where}: field {f!r} is {_json_type(value)}, not {kinds}"
     return row, None
+
+
+def _reference(answer: str | int | float) -> str:
+    """The answer as text: a JSON number exactly as Python reads it (``27.0`` stays a float's shortest form)."""
+    return answer if isinstance(answer, str) else repr(answer)
 
 
 def _lines(f: IO[bytes], path: str) -> Iterator[tuple[str, bytes | None]]:
@@ -215,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         with f, SandboxPool(policy) as pool:
             for parsed in _batches(f, args, batch_size):
                 ok = [row for row, err in parsed if err is None]
-                comps, refs = [r[args.completion_field] for r in ok], [r[args.answer_field] for r in ok]
+                comps = [r[args.completion_field] for r in ok]
+                refs = [_reference(r[args.answer_field]) for r in ok]
                 results = iter(score(comps, refs, args.task, cfg, pool))
                 for row, err in parsed:
                     if err is None:
