@@ -21,8 +21,10 @@ What is removed before parsing, per task:
   / ``\%`` (their golds are bare numbers: a question asking "what percent" has the gold ``25``, so ``25%`` is
   right);
 - ``math`` (``strict``): thousands commas, ``$``/``\$``, degrees and ``\text{..}`` wrappers only; a trailing
-  ``%``/``\%`` divides by 100 (``2\%`` equals ``0.02``, not ``2``), and any other text around the number makes
-  it not a plain number (``5x``, ``5 cm``: left to the string match and math-verify).
+  ``%``/``\%`` divides by 100 (``2\%`` equals ``0.02``, not ``2``: a percent sign never widens what an answer
+  matches), and any other text around the number makes it not a plain number (``5x``, ``5 cm``: left to the
+  string match and math-verify). The price: a MATH-style gold of a "what percent" question is a bare number,
+  against which ``18\%`` is wrong (1 of the 1,000 OMI-2 sample solutions; no MATH-500 gold has a percent sign).
 
 ``\frac{a}{b}`` / ``\dfrac``, ``a/b`` are exact fractions; ``5.0`` equals ``5``.
 
