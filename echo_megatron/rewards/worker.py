@@ -7,8 +7,10 @@ PID namespace; it then only waits for the template. The template imports the pre
 seccomp filter, mounts the filesystem view and pivots into it (``jail.py``), and then serves the pool:
 
     template -> pool   ready {isolation}            once set up (or fatal {detail})
-    template -> pool   armed {n} + [job_w, res_r]   a child n has been forked and hardened; the pool owns the
-                                                    write end of its job pipe and the read end of its result pipe
+    template -> pool   armed {n} + [job_w, res_r]   a spare child n has been forked (it hardens itself); the pool
+                                                    owns the write end of its job pipe and the read end of its
+                                                    result pipe. The next spare is forked as soon as one starts
+                                                    its job, so the pool never waits for a fork between jobs
     pool -> template   go {n}                       the job is written: the wall-clock deadline starts
     pool -> template   kill {n}                     the child wrote past the output cap
     template -> pool   exit {n, status, cpu_s, why} the child ended (``why``: timeout / killed), and was reaped
@@ -21,17 +23,18 @@ cwd = a fresh run dir (mode 700, owned by the program's uid) on the scratch tmpf
 rlimits (CPU = ceil(timeout) s, AS = the template's size + memory_mb, FSIZE = output cap, NOFILE, NPROC 0, CORE 0,
 MEMLOCK 0, MSGQUEUE 0); as root, the worker's leased uid/gid with no groups (which drops every capability); in a
 user namespace, every capability dropped (bounding set too); parent-death signal; the seccomp allow list. After
-each child the template SIGKILLs whatever else lives in its PID namespace, reaps it and removes the run dir.
+each child the template SIGKILLs and reaps whatever else is left in its process group (nothing can be: it may
+neither fork nor change its group) and removes its run dir.
 
 Cost of each layer, in CPU-ms per program, each step measured alone by ``python bench/sandbox_throughput.py
 --layers`` on the 2-core CI machine (load average 7-9, so every figure is inflated alike): fork + reap of the
 light template 1.9 (the baseline, as before); hardening (setsid, cwd, environment, rlimits) 0.56 and the uid drop
 0.14 (as before); the seccomp allow list 0.39 to load (the deny list it replaces: 0.42) and 15-75 ns more per
 system call than the deny list (a program makes 100-300); the pool <-> template messages and pipes, new with the
-clean template, 0.07; the PID namespace's kill + reap after each child, a few microseconds; the filesystem view,
-nothing per program. Per worker, once: namespaces + view 20-26 ms, compiling the filter 16-20 ms, leasing the
-uid 10-19 ms (a /proc scan for strays). End to end the pool used 7.1 CPU-ms per program with every layer against
-8.8 for the previous design in the same hour (load 10-14): the same within noise.
+clean template, 0.07; the PID namespace and the filesystem view, nothing per program. Per worker, once:
+namespaces + view 20-26 ms, compiling the filter 16-20 ms, leasing the uid 10-19 ms (a /proc scan for strays).
+End to end (the bench's pool path, 5 interleaved runs each at load average 10-13): 7.9 CPU-ms and 87 programs/s
+against 7.4 CPU-ms and 80 programs/s for the previous design; the same within the machine's noise.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ class Template:
         self.iso["unsafe"] = unsafe = self._unsafe()
         self.iso["safe"] = not unsafe
         self.counter = 0
-        self.child: _Child | None = None
+        self.running: _Child | None = None  # the child running the pool's current job
+        self.spare: _Child | None = None  # the next one, hardened, waiting for its job
         gc.collect()
         gc.freeze()  # keep the children's copy-on-write pages shared
 
@@ -226,26 +230,30 @@ class Template:
 
     # --- serving the pool ---------------------------------------------------------------------------------
     def serve(self) -> None:
+        """One child runs the current job while a spare, already hardened, waits for the next one (forked from
+        this clean template, like every child): the pool never waits for a fork between two jobs."""
         send_msg(self.sock, {"op": "ready", "isolation": self.iso, "preloaded": self.preloaded})
-        self.arm()
         while True:
-            child = self.child
-            waits = [self.sock.fileno(), self.alive_fd] + ([child.pidfd] if child and child.pidfd else [])
-            timeout = None
-            if child and child.deadline is not None and child.why is None:
-                timeout = max(0.0, child.deadline - time.monotonic())
-            if child and child.pidfd is None:  # no pidfd (Linux < 5.3): poll the child
+            if self.spare is None:
+                self.spare = self.arm()
+            kids = [c for c in (self.running, self.spare) if c is not None]
+            waits = [self.sock.fileno(), self.alive_fd] + [c.pidfd for c in kids if c.pidfd is not None]
+            run, timeout = self.running, None
+            if run and run.deadline is not None and run.why is None:
+                timeout = max(0.0, run.deadline - time.monotonic())
+            if any(c.pidfd is None for c in kids):  # no pidfd (Linux < 5.3): poll the children
                 timeout = 0.001 if timeout is None else min(timeout, 0.001)
             ready = select.select(waits, [], [], timeout)[0]
             if self.alive_fd in ready:
                 return  # the worker process is gone: so is the pool's interest
             if self.sock.fileno() in ready and not self._command():
                 return
-            if child and child.why is None and child.deadline is not None:
-                if time.monotonic() >= child.deadline:
-                    self._kill("timeout")
-            if child and (child.pidfd is None or child.pidfd in ready):
-                self._maybe_reap()
+            run = self.running
+            if run and run.why is None and run.deadline is not None and time.monotonic() >= run.deadline:
+                self._kill(run, "timeout")
+            for child in kids:
+                if child.pidfd is None or child.pidfd in ready:
+                    self._maybe_reap(child)
 
     def _command(self) -> bool:
         msg, fds = recv_msg(self.sock)
@@ -253,51 +261,47 @@ class Template:
             os.close(fd)
         if msg is None:
             return False
-        child = self.child
-        if child is None or msg.get("n") != child.n:
-            return True  # about a child already reaped
-        if msg.get("op") == "go" and child.deadline is None:
-            child.deadline = time.monotonic() + self.timeout_s
-        elif msg.get("op") == "kill" and child.why is None:
-            self._kill("killed")
-        return True
+        spare, run = self.spare, self.running
+        if msg.get("op") == "go" and run is None and spare is not None and msg.get("n") == spare.n:
+            spare.deadline = time.monotonic() + self.timeout_s
+            self.running, self.spare = spare, None
+        elif msg.get("op") == "kill" and run is not None and msg.get("n") == run.n and run.why is None:
+            self._kill(run, "killed")
+        return True  # anything else is about a child already reaped
 
-    def _kill(self, why: str) -> None:
-        self.child.why = why
+    @staticmethod
+    def _kill(child: _Child, why: str) -> None:
+        child.why = why
         try:
-            os.kill(self.child.pid, signal.SIGKILL)
+            os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    def _maybe_reap(self) -> None:
-        child = self.child
+    def _maybe_reap(self, child: _Child) -> None:
         got, status, rusage = os.wait4(child.pid, os.WNOHANG)
         if got == 0:
             return
         if child.pidfd is not None:
             os.close(child.pidfd)
-        if self.iso["pidns"]:  # whatever the child may have left (it cannot fork under seccomp/NPROC, but)
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
+        try:  # whatever it may have left in its process group (it cannot fork under seccomp / NPROC 0, but)
+            os.killpg(child.pid, signal.SIGKILL)
+            while os.waitid(os.P_PGID, child.pid, os.WEXITED) is not None:
                 pass
-            while True:
-                try:
-                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                        break
-                except ChildProcessError:
-                    break
+        except (ProcessLookupError, ChildProcessError):
+            pass
         try:
             os.rmdir(child.rundir)  # empty: under seccomp a program cannot create a file
         except OSError:
             shutil.rmtree(child.rundir, ignore_errors=True)
         cpu = rusage.ru_utime + rusage.ru_stime
         send_msg(self.sock, {"op": "exit", "n": child.n, "status": status, "cpu_s": cpu, "why": child.why})
-        self.child = None
-        self.arm()
+        if child is self.running:
+            self.running = None
+        else:
+            self.spare = None
 
-    def arm(self) -> None:
-        """Fork the next child now, so that it hardens itself while the pool gets its job ready."""
+    def arm(self) -> _Child:
+        """Fork a child that hardens itself and waits for its job; hand its pipes to the pool."""
         self.counter += 1
         rundir = tempfile.mkdtemp(prefix=f"run-{self.counter}-", dir=self.run_root)
         if self.uid is not None:
@@ -316,12 +320,12 @@ class Template:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             pidfd = None
-        self.child = _Child(self.counter, pid, pidfd, rundir)
         try:
             send_msg(self.sock, {"op": "armed", "n": self.counter}, (job_w, res_r))
         finally:
             os.close(job_w)
             os.close(res_r)
+        return _Child(self.counter, pid, pidfd, rundir)
 
     # --- the forked child ---------------------------------------------------------------------------------
     def child_main(self, job_r: int, res_w: int, rundir: str) -> None:
