@@ -11,8 +11,9 @@ programs of the other (the kernel checks uids, not pools). So, as root, each wor
 A lease is an exclusive ``flock`` on ``<lease_dir>/<uid>``, held through an open descriptor of the pool's process.
 The kernel drops it when that process dies, however it dies, so a lease is never left stale by a crash; and
 before using a uid the new holder SIGKILLs any process still running under it (what a crashed holder's programs
-would be: stale-lease recovery). Uids that belong to an account in the password database are skipped. The lock
-directory must be a real directory owned by root and writable by no one else (checked, not trusted).
+would be: stale-lease recovery), so the range must be used by leases only. Uids that belong to an account in the
+password database are skipped. The lock directory must be a real directory owned by root and writable by no one
+else (checked, not trusted).
 """
 
 from __future__ import annotations

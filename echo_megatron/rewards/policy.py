@@ -65,8 +65,10 @@ class SandboxPolicy:
     privdrop: bool = True  # as root: every worker runs its programs under its own leased uid
     seccomp: bool = True  # the seccomp allow list (allowed_syscalls)
     unsafe_ok: bool = False  # run even where a layer above is missing (else the pool refuses to start)
-    uid_base: int = 61000  # programs' uids are leased host-wide from [uid_base, uid_base + uid_count)
-    uid_count: int = 4096
+    # programs' uids are leased host-wide from [uid_base, uid_base + uid_count); not 61000+, which pools of
+    # earlier versions used unleased (a lease kills any process left under its uid)
+    uid_base: int = 62000
+    uid_count: int = 3000
     lease_dir: str = "/run/echo-megatron/sandbox-uids"  # one lock file per leased uid (root only)
     preload: tuple[str, ...] = DEFAULT_PRELOAD
     preload_heavy: tuple[str, ...] = DEFAULT_PRELOAD_HEAVY
