@@ -181,3 +181,54 @@ def test_gold_aime_amc(data_dir):
         assert answers_equal(nl_answer(f"so \\boxed{{{r['answer']:g}}}"), gold, "amc") is True
     assert gold_answer(None, "gsm8k") is None and gold_answer("  ", "gsm8k") is None
     assert gold_answer("text \\boxed{\\frac{1}{2}}", "math") == "\\frac{1}{2}"
+
+
+@pytest.mark.parametrize(
+    "pred, gold, task, equal",
+    [
+        # integer golds: exact; a float print-out (> 12 significant digits) is rounded to 12 first
+        ("1500001", "1500000", "gsm8k", False),
+        ("12345679", "12345678", "gsm8k", False),
+        ("1500000.0000001", "1500000", "gsm8k", True),
+        ("1500000.4", "1500000", "gsm8k", False),
+        ("19.999999999999996", "20", "gsm8k", True),
+        ("20.0000001", "20", "gsm8k", False),
+        ("27", "27.0", "amc", True),  # AMC stores integer answers as floats
+        ("4.2e1", "42", "gsm8k", True),
+        ("-0", "0", "gsm8k", True),
+        # decimal golds: to the gold's precision (half a unit of its last digit)
+        ("33.3333", "33.33", "gsm8k", True),
+        ("33.3", "33.33", "gsm8k", False),
+        ("0.3", "0.30", "gsm8k", True),
+        ("0.36", "0.3", "gsm8k", False),
+        ("0.30000000000000004", "0.3", "gsm8k", True),
+        # fraction golds: rel_tol (1e-6)
+        ("0.3333333333333333", "1/3", "gsm8k", True),
+        ("0.333", "1/3", "gsm8k", False),
+        ("0.75", "\\frac{3}{4}", "math", True),
+        # finite numbers only
+        ("1e309", "2e308", "gsm8k", False),
+        ("inf", "1e308", "gsm8k", False),
+        ("nan", "0", "gsm8k", False),
+        ("1e-99999999", "0", "gsm8k", False),
+        # percent: dropped on the numeric tasks (their golds are bare numbers), a division by 100 on math
+        ("25%", "25", "gsm8k", True),
+        ("25\\%", "25", "testbed", True),
+        ("2\\%", "2", "math", False),
+        ("2\\%", "0.02", "math", True),
+        ("2%", "2\\%", "math", True),
+        # units, currency, degrees: unit words only on the numeric tasks; $ and degrees on both
+        ("240 dollars", "240", "gsm8k", True),
+        ("$18.90", "\\$18.90", "math", True),
+        ("90^\\circ", "90", "math", True),
+        ("5 apples", "5", "gsm8k", True),
+    ],
+)
+def test_number_rules(pred, gold, task, equal):
+    """The rules of equivalence.py's docstring, one row each (math rows that are no plain numbers would go on to
+    the string match and math-verify)."""
+    assert answers_equal(pred, gold, task) is equal, (pred, gold, task)
+
+
+def test_units_on_math_are_left_to_math_verify():
+    assert answers_equal("5 cm", "5", "math") is None and parse_number("5 cm", strict=True) is None

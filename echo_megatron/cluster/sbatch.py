@@ -24,6 +24,7 @@ import jinja2
 from omegaconf import DictConfig
 
 from echo_megatron.cluster.pipeline import Job
+from echo_megatron.cluster.script_values import check_script_values
 from echo_megatron.config import ConfigError
 from echo_megatron.rundir import RunDir
 
@@ -191,6 +192,8 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
     c = cfg.cluster
     where = f"stage '{job.stage.name}'"
     check_layout(cfg, where, job.stage.command)
+    paths = {"run_dir": root, "the submit directory": workdir}
+    check_script_values(c, f"stage {job.stage.name!r}", job.stage.name, job.stage.command, paths)
     runtime = container_runtime(c)
     gpus = wants_gpus(cfg)
     env = dict(BASE_ENV)

@@ -46,7 +46,7 @@ def _read_yaml(path: str) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # yaml syntax errors
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+        raise ConfigError(f"{path}: cannot parse YAML: {' '.join(str(e).split())}") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     return cfg
@@ -92,10 +92,21 @@ def merge_checked(base: DictConfig, layer: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}: bad key '{key}': {msg}" if key else f"{where}: {msg}") from e
 
 
+def _preset_name(cfg: DictConfig, where: str) -> str | None:
+    """``model.preset`` of one layer, or None; a ConfigError when ``model`` is no mapping or the name no string."""
+    model = cfg.get("model")
+    if model is not None and not isinstance(model, DictConfig):
+        raise ConfigError(f"{where}: 'model' must be a mapping of model keys, not {type(model).__name__}")
+    name = None if model is None else model.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}: 'model.preset' must be a preset name, not {type(name).__name__}")
+    return name
+
+
 def _preset_layer(chain: list[tuple[str, DictConfig]], overrides: DictConfig) -> tuple[str, dict]:
-    name = OmegaConf.select(overrides, "model.preset", default=None)
-    for _, cfg in reversed(chain):  # the command line, then the most derived recipe, wins
-        name = OmegaConf.select(cfg, "model.preset", default=None) if name is None else name
+    name = _preset_name(overrides, "command line")
+    for path, cfg in reversed(chain):  # the command line, then the most derived recipe, wins
+        name = _preset_name(cfg, path) if name is None else name
     if name is None:
         return "", {}
     if name not in PRESETS:

@@ -6,8 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from echo_megatron.rewards.policy import SandboxPolicy
+
 LR_DECAY_STYLES = ("constant", "cosine", "linear")
 PROMPT_TEMPLATES = ("separator", "raw")
+_POLICY = SandboxPolicy()  # the sandbox defaults
 
 
 @dataclass
@@ -32,31 +35,33 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    """Verifiable rewards (``rewards:`` section): see echo_megatron/rewards/ (score, sandbox, worker)."""
+    """Verifiable rewards (``rewards:`` section): see echo_megatron/rewards/ (score, verifiers, sandbox, worker).
+
+    The sandbox keys are the fields of ``echo_megatron.rewards.policy.SandboxPolicy`` (their defaults come from
+    it; ``SandboxPolicy.from_config`` reads them back)."""
 
     task: str = "gsm8k"  # gsm8k | math | testbed | aime | amc
-    sandbox_workers: int = 2  # pre-forked sandbox worker processes
-    timeout_s: float = 3.0  # wall-clock limit per program (CPU rlimit = ceil of it)
-    memory_mb: int = 1024  # address space a program may add on top of the interpreter
-    max_output_bytes: int = 65536  # stdout+stderr cap per program (also its file-size rlimit)
+    verifier: str = "strict"  # how an answer is found and compared: a key of rewards.verifiers.VERIFIERS
+    reward: str = "binary"  # correctness -> reward: a key of rewards.score.REWARDS
     last_number_fallback: bool = True  # nl answers: take the last number when there is no final answer
-    rel_tol: float = 1e-6  # numeric answers: |a - b| <= rel_tol * max(|a|, |b|)
+    rel_tol: float = 1e-6  # fraction golds: |p - g| <= rel_tol * |g| (see rewards/equivalence.py)
     correct_reward: float = 1.0
     wrong_reward: float = 0.0
-    sandbox_namespaces: bool = True  # new network + mount namespaces where the process may create them
-    sandbox_privdrop: bool = True  # as root: run programs under a per-worker uid (sandbox_uid + worker index)
-    sandbox_seccomp: bool = True  # libseccomp deny list (no fork/exec/sockets/file writes)
-    sandbox_uid: int = 61000
-    # modules imported once per worker so that programs need not import them cold; "heavy" ones live in
-    # separate workers used only by math-verify comparisons and programs naming them (forks of a big
-    # interpreter cost more)
-    sandbox_preload: list[str] = field(
-        default_factory=lambda: [
-            "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
-            "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator",
-        ]
-    )  # fmt: skip
-    sandbox_preload_heavy: list[str] = field(default_factory=lambda: ["numpy", "sympy", "math_verify"])
+    sandbox_workers: int = _POLICY.workers  # pre-forked sandbox worker processes
+    timeout_s: float = _POLICY.timeout_s  # wall-clock limit per program (CPU rlimit = ceil of it)
+    memory_mb: int = _POLICY.memory_mb  # address space a program may add on top of the interpreter
+    max_output_bytes: int = (
+        _POLICY.max_output_bytes
+    )  # stdout+stderr cap per program (also its file-size rlimit)
+    sandbox_namespaces: bool = _POLICY.namespaces  # PID, mount (the filesystem view), network, IPC, UTS
+    sandbox_privdrop: bool = _POLICY.privdrop  # as root: programs run under a per-worker uid leased host-wide
+    sandbox_seccomp: bool = _POLICY.seccomp  # the seccomp allow list (no fork/exec/sockets/file writes)
+    # run programs even where a layer is missing (no namespaces / seccomp / uid): else the pool refuses to start
+    sandbox_unsafe_ok: bool = _POLICY.unsafe_ok
+    sandbox_uid: int = _POLICY.uid_base  # first uid of the host-wide lease range (root)
+    # modules imported once per worker; "heavy" ones live in separate workers (see SandboxPolicy)
+    sandbox_preload: list[str] = field(default_factory=lambda: list(_POLICY.preload))
+    sandbox_preload_heavy: list[str] = field(default_factory=lambda: list(_POLICY.preload_heavy))
 
 
 @dataclass

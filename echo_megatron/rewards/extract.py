@@ -11,11 +11,15 @@ Code formats are never answered from the text: ``code_program`` and ``llm_code_b
 sandbox executes (the TinyGSM function is called; the last ``<llm-code>`` block's printed output or last
 expression is taken), and a model-written ``<llm-code-output>`` is ignored.
 
-Everything here is plain string scanning, linear in the input, and never raises on str input.
+Everything here is plain string scanning, linear in the input (each brace, tag or fence is looked at a bounded
+number of times; no regular expression can backtrack over a run it already matched), and never raises on str
+input. ``score`` does not parse a completion longer than ``MAX_COMPLETION_CHARS`` (error kind ``too_long``): a
+2,048-token generation is ~10 K characters.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from echo_megatron.rewards.formats import LLM_CODE_TAG
@@ -24,52 +28,49 @@ _BOXED = ("\\boxed", "\\fbox")
 _GSM8K_FINAL = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?[ \t]*([^\n]{1,200})", re.IGNORECASE)
 NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n")
+_FENCE = re.compile(r"```[ \t]*(?:(?:python|py|Python)[ \t]*)?\n")
 _CODE_START = re.compile(r"^(?:def |import |from [\w.]+ import |@|class )", re.MULTILINE)
+_BRACES = re.compile(r"\\.|[{}]", re.DOTALL)  # an escaped character, or a brace
+_BOX_WORD = re.compile(r" +([^\s$]+)")
 LLM_CODE_END = "</llm-code>"
 MAX_ANSWER_CHARS = 1000
+MAX_COMPLETION_CHARS = 1 << 16
 
 
-def _braced(text: str, start: int) -> int:
-    """Index just past the brace group that opens at ``text[start] == '{'``, or -1 if it never closes."""
-    depth, i, n = 0, start, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # \{ and \} are literal braces
-            continue
+def brace_pairs(text: str) -> dict[int, int]:
+    """For each ``{`` that is closed, its index -> the index just past its ``}``; ``\\{`` and ``\\}`` are
+    literal braces. One pass with a stack."""
+    pairs, stack = {}, []
+    for m in _BRACES.finditer(text):
+        ch = m.group()
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
+            stack.append(m.start())
+        elif ch == "}" and stack:
+            pairs[stack.pop()] = m.end()
+    return pairs
 
 
-def _boxed_at(text: str, pos: int, cmd: str) -> str | None:
-    """The argument of the box command at ``pos``: ``\\boxed{...}`` or ``\\boxed X``; None if incomplete."""
-    i = pos + len(cmd)
-    if i < len(text) and text[i] == "{":
-        end = _braced(text, i)
-        return text[i + 1 : end - 1].strip() if end > 0 else None
-    if i < len(text) and text[i] == " ":
-        m = re.match(r" +([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    return None
+def _positions(text: str, needle: str) -> list[int]:
+    found, start = [], 0
+    while (p := text.find(needle, start)) >= 0:
+        found.append(p)
+        start = p + len(needle)
+    return found
 
 
 def last_boxed(text: str) -> str | None:
-    r"""The content of the last complete ``\boxed{}`` (or ``\fbox{}``), braces balanced; None if there is none."""
-    positions = []
-    for cmd in _BOXED:
-        start = 0
-        while (p := text.find(cmd, start)) >= 0:
-            positions.append((p, cmd))
-            start = p + len(cmd)
-    for p, cmd in sorted(positions, reverse=True):
-        content = _boxed_at(text, p, cmd)
+    r"""The content of the last complete ``\boxed{}`` (or ``\fbox{}``), braces balanced, or of ``\boxed X``;
+    None if there is none."""
+    positions = sorted(((p, cmd) for cmd in _BOXED for p in _positions(text, cmd)), reverse=True)
+    pairs = brace_pairs(text) if positions else {}
+    for p, cmd in positions:
+        i = p + len(cmd)
+        content = None
+        if text.startswith("{", i) and i in pairs:
+            content = text[i + 1 : pairs[i] - 1].strip()
+        elif text.startswith(" ", i):
+            m = _BOX_WORD.match(text, i)
+            content = m.group(1) if m else None
         if content:
             return content
     return None
@@ -122,14 +123,17 @@ def code_program(text: str) -> str:
 
 
 def llm_code_blocks(text: str) -> list[str]:
-    """The bodies of every ``<llm-code>`` block in order; the last may be unterminated (truncated generation)."""
+    """The bodies of every ``<llm-code>`` block in order; the last may be unterminated (truncated generation).
+    An unterminated block runs to the next ``<llm-code>`` or the end."""
+    tags, ends = _positions(text, LLM_CODE_TAG), _positions(text, LLM_CODE_END)
     blocks, start = [], 0
-    while (p := text.find(LLM_CODE_TAG, start)) >= 0:
+    for k, p in enumerate(tags):
+        if p < start:
+            continue  # inside the previous block
         body_start = p + len(LLM_CODE_TAG)
-        end = text.find(LLM_CODE_END, body_start)
-        nxt = text.find(LLM_CODE_TAG, body_start)
-        if end < 0 or (0 <= nxt < end):  # unterminated: runs to the next block or the end
-            end = nxt if nxt >= 0 else len(text)
+        j = bisect.bisect_left(ends, body_start)
+        nxt = tags[k + 1] if k + 1 < len(tags) else len(text)
+        end = ends[j] if j < len(ends) and ends[j] < nxt else nxt
         blocks.append(text[body_start:end].strip("\n"))
         start = end
     return blocks

@@ -26,7 +26,7 @@ _CI_INTRO = re.compile(r"\b(?:use|using)\s+python\b", re.IGNORECASE)
 _CI_INTRO_WINDOW = 200  # the announcement must start within the first 200 characters
 TINYGSM_DEF = "def simple_math_problem"
 # A solution that *opens* with a Python function (optionally after a ``` fence line) is code whatever the name.
-_OPENS_WITH_DEF = re.compile(r"\s*(?:```[ \t]*(?:python|py)?[ \t]*\n\s*)?def[ \t]+[A-Za-z_]\w*[ \t]*\(")
+_OPENS_WITH_DEF = re.compile(r"\s*(?:```[ \t]*(?:(?:python|py)[ \t]*)?\n\s*)?def[ \t]+[A-Za-z_]\w*[ \t]*\(")
 _NL_FINAL = re.compile(r"\\boxed|\\fbox|####|\banswer\s+is\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _TAG = re.compile(r"</?[\w-]{1,40}>")  # markup such as <llm-code-output> is not prose

@@ -1,18 +1,16 @@
 """What a sandboxed child does with one job: run model code (or a math-verify comparison) and describe the result.
 
 Runs inside the forked, rlimited, seccomp-filtered child (see ``worker.py``); nothing here is a security
-boundary. A job is a dict:
+boundary. A ``Job`` (``protocol.py``) names its runner in ``RUNNERS``:
 
-    {"kind": "function", "code": str}      TinyGSM: exec the program, then call ``simple_math_problem()``
-                                           (else the last zero-argument function, else a global ``result``,
-                                           else the last printed line)
-    {"kind": "notebook", "blocks": [str]}  OMI1: run the ``<llm-code>`` blocks in order in one namespace, like the
-                                           interpreter session that produced them (an earlier block's error does
-                                           not stop later ones); the answer is the last block's value of its
-                                           last expression, else its last printed line
-    {"kind": "verify", "gold": str, "pred": str}   math-verify equality (a fresh child that ran no model code)
+    function   TinyGSM: exec ``code[0]``, then call ``simple_math_problem()`` (else the last zero-argument
+               function, else a global ``result``, else the last printed line)
+    notebook   OMI1: run the ``<llm-code>`` blocks (``code``) in order in one namespace, like the interpreter
+               session that produced them (an earlier block's error does not stop later ones); the answer is the
+               last block's value of its last expression, else its last printed line
+    verify     math-verify equality of ``gold`` and ``pred`` (a fresh child that ran no model code)
 
-The reply is ``{"value": str | None, "equal": bool | None, "error": kind | None, "detail": str}``.
+Each returns a ``Reply``.
 A program that does not compile is retried on its longest compilable prefix of lines (a generation that kept
 going after ``return result``), as long as that prefix still defines the function it needs.
 """
@@ -24,8 +22,10 @@ import builtins
 import errno
 import io
 import sys
+from collections.abc import Callable
 
-MAX_VALUE_CHARS = 1000
+from echo_megatron.rewards.protocol import MAX_VALUE_CHARS, Job, Reply
+
 MAX_PREFIX_TRIES = 200
 FORBIDDEN_ERRNOS = {
     errno.EPERM,
@@ -130,10 +130,6 @@ def _last_line(text: str) -> str | None:
     return lines[-1][:MAX_VALUE_CHARS] if lines else None
 
 
-def _reply(value=None, error=None, detail="", equal=None) -> dict:
-    return {"value": value, "error": error, "detail": detail, "equal": equal}
-
-
 def _exec_tree(tree: ast.Module, namespace: dict, filename: str):
     """Run a module; if its last statement is an expression, return that expression's value (like a notebook)."""
     last = None
@@ -143,11 +139,12 @@ def _exec_tree(tree: ast.Module, namespace: dict, filename: str):
     return eval(compile(last, filename, "eval"), namespace) if last is not None else None
 
 
-def run_function(code: str, out: CappedOutput) -> dict:
+def run_function(job: Job, out: CappedOutput) -> Reply:
     """TinyGSM: exec the program and call its solution function."""
+    code = job.code[0] if job.code else ""
     tree, err = compile_prefix(code, needs="def " if "def " in code else None)
     if tree is None:
-        return _reply(error="syntax", detail=err or "")
+        return Reply.failure("syntax", err or "")
     ns: dict = {"__name__": "__main__", "__builtins__": builtins}
     try:
         exec(compile(tree, "<solution>", "exec"), ns)
@@ -165,20 +162,21 @@ def run_function(code: str, out: CappedOutput) -> dict:
             value = ns.get("result")
         text = _value_text(value)
     except BaseException as e:
-        return _reply(error="output" if out.overflow else error_kind(e), detail=_detail(e))
+        return Reply.failure("output" if out.overflow else error_kind(e), _detail(e))
     if out.overflow:
-        return _reply(error="output", detail="output limit")
+        return Reply.failure("output", "output limit")
     if text is None:
         text = _last_line(out.text())
     if text is None:
-        return _reply(error="no_answer", detail="the program returned None and printed nothing")
-    return _reply(value=text)
+        return Reply.failure("no_answer", "the program returned None and printed nothing")
+    return Reply(value=text)
 
 
-def run_notebook(blocks: list[str], out: CappedOutput) -> dict:
+def run_notebook(job: Job, out: CappedOutput) -> Reply:
     """OMI1: run the code blocks as one interpreter session; answer from the last block."""
+    blocks = job.code
     if not blocks:
-        return _reply(error="no_answer", detail="no <llm-code> block")
+        return Reply.failure("no_answer", "no <llm-code> block")
     ns: dict = {"__name__": "__main__", "__builtins__": builtins}
     text, start = None, 0
     for i, block in enumerate(blocks):
@@ -187,51 +185,61 @@ def run_notebook(blocks: list[str], out: CappedOutput) -> dict:
         tree, err = compile_prefix(block)
         if tree is None:
             if is_last:
-                return _reply(error="syntax", detail=err or "")
+                return Reply.failure("syntax", err or "")
             continue
         try:
             value = _exec_tree(tree, ns, f"<llm-code {i}>")
             text = _value_text(value) if is_last else None
         except BaseException as e:
             if out.overflow:
-                return _reply(error="output", detail="output limit")
+                return Reply.failure("output", "output limit")
             if is_last:
-                return _reply(error=error_kind(e), detail=_detail(e))
+                return Reply.failure(error_kind(e), _detail(e))
             continue
     if out.overflow:
-        return _reply(error="output", detail="output limit")
+        return Reply.failure("output", "output limit")
     if text is None:
         text = _last_line(out.text()[start:])
     if text is None:
-        return _reply(
-            error="no_answer", detail="the last block printed nothing and ended without an expression"
-        )
-    return _reply(value=text)
+        return Reply.failure("no_answer", "the last block printed nothing and ended without an expression")
+    return Reply(value=text)
 
 
-def run_verify(gold: str, pred: str) -> dict:
+def run_verify(job: Job, out: CappedOutput) -> Reply:
+    """math-verify: is ``job.pred`` equal to ``job.gold``?"""
     from echo_megatron.rewards.equivalence import math_verify_equal
 
     try:
-        return _reply(equal=math_verify_equal(gold, pred))
+        return Reply(equal=math_verify_equal(job.gold or "", job.pred or ""))
     except BaseException as e:
-        return _reply(error="verify", detail=_detail(e), equal=False)
+        return Reply(error="verify", detail=_detail(e), equal=False)
 
 
-def run_job(job: dict, max_output_chars: int) -> dict:
+# job kind -> (role, runner). A "verify" job compares with a gold and runs only in verify workers, which never run
+# model code; a "program" job runs model code and never sees a gold.
+PROGRAM, VERIFY = "program", "verify"
+RUNNERS: dict[str, tuple[str, Callable[[Job, CappedOutput], Reply]]] = {
+    "function": (PROGRAM, run_function),
+    "notebook": (PROGRAM, run_notebook),
+    "verify": (VERIFY, run_verify),
+}
+
+
+def role_of(job: Job) -> str | None:
+    """PROGRAM or VERIFY; None for an unknown kind."""
+    entry = RUNNERS.get(job.kind)
+    return entry[0] if entry else None
+
+
+def run_job(job: Job, max_output_chars: int) -> Reply:
     """Dispatch one job with stdout/stderr captured and capped (never raises)."""
     out = CappedOutput(max_output_chars)
     sys.stdout = sys.stderr = out
     try:
-        kind = job.get("kind")
-        if kind == "function":
-            return run_function(str(job.get("code", "")), out)
-        if kind == "notebook":
-            return run_notebook([str(b) for b in job.get("blocks", [])], out)
-        if kind == "verify":
-            return run_verify(str(job.get("gold", "")), str(job.get("pred", "")))
-        return _reply(error="sandbox", detail=f"unknown job kind {kind!r}")
+        if job.kind not in RUNNERS:
+            return Reply.failure("sandbox", f"unknown job kind {job.kind!r}")
+        return RUNNERS[job.kind][1](job, out)
     except BaseException as e:  # e.g. OutputLimit raised while formatting a reply
-        return _reply(error="output" if out.overflow else error_kind(e), detail=_detail(e))
+        return Reply.failure("output" if out.overflow else error_kind(e), _detail(e))
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

@@ -1,39 +1,48 @@
-"""SandboxPool: pre-forked sandbox workers that run model-written programs in parallel.
+"""SandboxPool: pre-forked sandbox workers that run model-written programs (and math-verify) in parallel.
 
     with SandboxPool(workers=2, timeout_s=3.0) as pool:       # cheap: starts the workers, does not wait
-        replies = pool.run([{"kind": "function", "code": src}, ...])
+        replies = pool.run([Job("function", (src,)), ...])     # one Reply per Job, in order
 
 RL keeps one pool alive across steps (``SandboxPool.from_config(cfg.rewards)``). Each worker is a fresh
 ``python -m echo_megatron.rewards.worker`` (spawned, not forked from the caller, with an empty environment and its
-own session), so the pool is safe in a process that also runs torch / torch.distributed threads and never
-leaks the caller's environment variables. The worker forks one hardened child per program (``worker.py`` lists
-every layer); the caller only exchanges JSON frames with the workers over pipes, from one thread, with a
-select() loop — no threads or signal handlers are added to the caller.
+own session), so the pool is safe in a process that also runs torch / torch.distributed threads and never leaks
+the caller's environment. The caller talks to each worker over one SOCK_SEQPACKET socket, from one thread, with a
+select() loop (no threads or signal handlers are added to it); it writes each job straight into the pipe of the
+child that runs it and reads the reply straight from that child's result pipe (``worker.py`` gives the protocol).
 
-Violations: the process that ran the program is always a fresh fork of the worker, and on any violation
-(timeout, CPU, memory, output cap, forbidden call, crash) that process is SIGKILLed and the next program gets a new
-one; the worker that forks never executes model code, so nothing a program did survives it. This is stronger than
-recycling a worker that ran programs itself, and avoids paying an interpreter start per violation.
+Isolation (``isolation`` reports what each worker could set up; ``worker.py`` and ``jail.py`` describe each layer):
 
-Failure handling: a worker that dies, misbehaves or stops answering (deadline = timeout + 5 s) is SIGKILLed
-with its whole session and replaced; its in-flight job gets the error kind ``sandbox`` or ``timeout``. A worker
-that fails to start three times in a row raises ``SandboxError`` naming the reason. ``close()`` is idempotent
-and also runs when the pool is garbage collected or the interpreter exits; it removes every temporary directory.
+    fresh state       every job runs in a fresh fork of a template process that never held a job, gold or reply
+    verifier          math-verify comparisons (the only jobs that see a gold) run in separate "verify" workers,
+                      which never run model code; the extraction and numeric comparison happen in this process
+    namespaces        PID (the template is PID 1: no host process is visible), mount, network, IPC, UTS; a user
+                      namespace when not root
+    filesystem view   pivot_root into a read-only tmpfs with the interpreter, its libraries and a scratch tmpfs
+    uid               as root, each worker has its own uid, leased host-wide (``leases.py``): no two workers of
+                      any pool on the host share one; in a user namespace every capability is dropped instead
+    seccomp           an allow list (``seccomp.py``); rlimits; a wall-clock deadline; an output cap
 
-Fallbacks (see ``isolation``): without root, network and mount namespaces come from a user namespace where the
-kernel allows one; without namespaces the seccomp filter still blocks sockets and file writes; without
-libseccomp the pool still has rlimits, the uid drop (root) or the kernel's permission checks (non-root), the
-wall-clock timeout and the temp cwd, and ``isolation["notes"]`` says what is missing.
+What each layer costs per program and per worker is measured in ``worker.py``'s docstring (``python
+bench/sandbox_throughput.py --layers``). ``isolation["safe"]`` is true when all of these are in place. Otherwise the pool refuses to start, with one line
+naming what is missing, unless ``rewards.sandbox_unsafe_ok=true`` (then programs run with what there is:
+``isolation["unsafe"]`` lists the gaps).
+
+Failure handling: a worker that dies, misbehaves or stops answering (deadline = timeout + 5 s) is SIGKILLed with
+its whole session (its PID namespace dies with it) and replaced; its in-flight job gets the error kind
+``sandbox`` or ``timeout``. A worker that fails to start three times in a row raises ``SandboxError`` naming the
+reason. ``close()`` is idempotent and also runs when the pool is garbage collected or the interpreter exits; it
+removes every temporary directory and releases every uid lease.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import select
 import shutil
 import signal
-import struct
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,51 +52,72 @@ import weakref
 from dataclasses import dataclass, field
 
 from echo_megatron.errors import UserError
-from echo_megatron.rewards.protocol import MAX_FRAME, encode_frame
+from echo_megatron.rewards.leases import LeaseError, UidLease
+from echo_megatron.rewards.policy import DEFAULT_PRELOAD, DEFAULT_PRELOAD_HEAVY, SandboxPolicy
+from echo_megatron.rewards.protocol import Exit, Job, Reply, outcome, recv_msg, send_msg
+from echo_megatron.rewards.runner import PROGRAM, VERIFY, role_of
 
-# Two worker profiles. Forking costs grow with the worker's memory (~2 ms with the stdlib, ~9 ms with
-# numpy + sympy + math-verify on the 2-core CI machine), so plain programs run in "light" workers and only
-# math-verify comparisons and programs that mention a heavy module go to "heavy" workers, started on first use.
-DEFAULT_PRELOAD: tuple[str, ...] = (
-    "math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
-    "datetime", "calendar", "random", "re", "string", "heapq", "bisect", "operator",
-)  # fmt: skip
-DEFAULT_PRELOAD_HEAVY: tuple[str, ...] = ("numpy", "sympy", "math_verify")
-LIGHT, HEAVY = "light", "heavy"
-WATCHDOG_GRACE_S = 5.0
+__all__ = [
+    "DEFAULT_PRELOAD",
+    "DEFAULT_PRELOAD_HEAVY",
+    "HEAVY",
+    "LIGHT",
+    "SandboxError",
+    "SandboxPool",
+    "VERIFIER",
+]
+
+LIGHT, HEAVY, VERIFIER = "light", "heavy", "verify"  # worker profiles (see policy.DEFAULT_PRELOAD)
 MAX_START_FAILURES = 3
-
-
+READ_SLACK = 64 << 10  # bytes of JSON framing allowed on top of the output cap
 START_HINT = (
     "to run without the failing layer set rewards.sandbox_namespaces=false or rewards.sandbox_seccomp=false "
-    "(score: --no-namespaces / --no-seccomp)"
+    "with rewards.sandbox_unsafe_ok=true (score: --no-namespaces / --no-seccomp with --sandbox-unsafe-ok)"
 )
+UNSAFE_HINT = "set rewards.sandbox_unsafe_ok=true (score: --sandbox-unsafe-ok) to run programs anyway"
 
 
 class SandboxError(UserError, RuntimeError):
-    """The sandbox cannot run at all (workers fail to start); individual program failures are never raised."""
+    """The sandbox cannot run at all (workers fail to start, or not safely); program failures are never raised."""
 
 
 @dataclass
 class _Slot:
     pos: int  # position in the pool's slot list
-    profile: str  # LIGHT or HEAVY
+    profile: str  # LIGHT, HEAVY or VERIFIER
     proc: subprocess.Popen
+    sock: socket.socket
     base: str
+    lease: UidLease | None
     spawned: float
-    buf: bytearray = field(default_factory=bytearray)
+    lease_ms: float = 0.0  # time to lease its uid (the /proc scan for strays included)
     ready: bool = False
     info: dict = field(default_factory=dict)
+    armed: tuple[int, int, int] | None = None  # (child number, job pipe write end, result pipe read end)
+    setup_failures: int = 0  # armed children that died before their job, in a row
     job: int | None = None  # index into the current run's jobs
-    job_id: int | None = None
+    n: int | None = None  # the child running it
+    res_r: int | None = None
+    data: bytearray = field(default_factory=bytearray)
+    overflow: bool = False
+    ended: Exit | None = None
     started: float = 0.0
+
+    def close_fds(self) -> None:
+        fds = [self.res_r] + (list(self.armed[1:]) if self.armed else [])
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.res_r, self.armed = None, None
 
 
 def import_roots(modules: list[str]) -> list[str]:
     """The directories a worker imports from: this interpreter's ``sys.path`` plus the real location of
     ``echo_megatron`` and of each module in ``modules``. An editable install's finder maps a package to its
-    source tree without putting that tree on ``sys.path``; the worker (and the bind mounts that keep its imports
-    visible inside the sandbox's private /tmp) must see it all the same."""
+    source tree without putting that tree on ``sys.path``; the worker must see it all the same."""
     import importlib.util
 
     import echo_megatron
@@ -109,7 +139,9 @@ def import_roots(modules: list[str]) -> list[str]:
 
 
 def _kill_slot(slot: _Slot) -> None:
-    """SIGKILL the worker's whole session, reap it, close its pipes and remove its directory."""
+    """SIGKILL the worker's whole session (its PID namespace dies with the template), reap it, close its socket
+    and descriptors, remove its directory, release its uid."""
+    slot.close_fds()
     try:
         os.killpg(slot.proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -118,22 +150,20 @@ def _kill_slot(slot: _Slot) -> None:
         slot.proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
-    for pipe in (slot.proc.stdin, slot.proc.stdout):
-        try:
-            pipe.close()
-        except OSError:
-            pass
+    slot.sock.close()
     shutil.rmtree(slot.base, ignore_errors=True)
+    if slot.lease is not None:
+        slot.lease.release()
 
 
 def _shutdown(slots: list[_Slot], owner_pid: int) -> None:
-    """Close every worker: EOF on stdin lets it exit by itself; whatever is left after 2 s is killed.
+    """Close every worker: EOF on its socket lets it exit by itself; whatever is left after 2 s is killed.
     A no-op in a forked copy of the owner (a DataLoader worker, say): the workers are not its to stop."""
     if os.getpid() != owner_pid:
         return
     for slot in slots:
         try:
-            slot.proc.stdin.close()
+            slot.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
     deadline = time.monotonic() + 2.0
@@ -149,44 +179,19 @@ def _shutdown(slots: list[_Slot], owner_pid: int) -> None:
 class SandboxPool:
     """A pool of sandbox workers. Thread-safe (one ``run`` at a time); a context manager."""
 
-    def __init__(
-        self,
-        workers: int = 2,
-        timeout_s: float = 3.0,
-        memory_mb: int = 1024,
-        max_output_bytes: int = 65536,
-        preload: tuple[str, ...] | list[str] = DEFAULT_PRELOAD,
-        preload_heavy: tuple[str, ...] | list[str] = DEFAULT_PRELOAD_HEAVY,
-        namespaces: bool = True,
-        privdrop: bool = True,
-        seccomp: bool = True,
-        uid_base: int = 61000,
-        start_timeout_s: float = 120.0,
-    ) -> None:
-        if int(workers) < 1:
-            raise ValueError(f"sandbox workers must be >= 1, got {workers}")
-        if not float(timeout_s) > 0:
-            raise ValueError(f"sandbox timeout_s must be > 0, got {timeout_s}")
-        if int(memory_mb) < 16 or int(max_output_bytes) < 1:
-            raise ValueError("sandbox memory_mb must be >= 16 and max_output_bytes >= 1")
-        self.workers = int(workers)
-        self.timeout_s = float(timeout_s)
-        self._init = {
-            "type": "init",
-            "timeout_s": self.timeout_s,
-            "memory_mb": int(memory_mb),
-            "max_output_bytes": int(max_output_bytes),
-            "namespaces": bool(namespaces),
-            "privdrop": bool(privdrop),
-            "seccomp": bool(seccomp),
-        }
-        self.preload = {LIGHT: list(preload), HEAVY: list(preload) + list(preload_heavy)}
+    def __init__(self, policy: SandboxPolicy | None = None, **overrides) -> None:
+        """``policy`` (default: ``SandboxPolicy()``) with any of its fields overridden by keyword
+        (``SandboxPool(workers=2, timeout_s=1.0)``)."""
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        self.policy = policy = (policy or SandboxPolicy()).with_(**overrides)
+        self.workers = policy.workers
+        self.timeout_s = policy.timeout_s
+        self._init = dict(policy.to_frame(), op="init")
+        heavy = list(policy.preload) + list(policy.preload_heavy)
+        self.preload = {LIGHT: list(policy.preload), HEAVY: heavy, VERIFIER: heavy}
         # a program that names one of these modules runs in a heavy worker (else it would import it cold)
-        self.heavy_triggers = tuple(dict.fromkeys(m.split(".")[0] for m in preload_heavy))
-        self.uid_base = int(uid_base)
-        self.start_timeout_s = float(start_timeout_s)
+        self.heavy_triggers = tuple(dict.fromkeys(m.split(".")[0] for m in policy.preload_heavy))
         self._lock = threading.Lock()
-        self._next_id = 0
         self._start_failures = 0
         self._closed = False
         self._slots: list[_Slot] = []
@@ -196,24 +201,20 @@ class SandboxPool:
 
     @classmethod
     def from_config(cls, cfg) -> SandboxPool:
-        """From a ``RewardConfig`` (dataclass or the OmegaConf ``rewards`` node)."""
-        return cls(
-            workers=cfg.sandbox_workers,
-            timeout_s=cfg.timeout_s,
-            memory_mb=cfg.memory_mb,
-            max_output_bytes=cfg.max_output_bytes,
-            preload=tuple(cfg.sandbox_preload),
-            preload_heavy=tuple(cfg.sandbox_preload_heavy),
-            namespaces=cfg.sandbox_namespaces,
-            privdrop=cfg.sandbox_privdrop,
-            seccomp=cfg.sandbox_seccomp,
-            uid_base=cfg.sandbox_uid,
-        )
+        """From a ``RewardConfig`` (dataclass or the OmegaConf ``rewards`` node); see ``SandboxPolicy.from_config``."""
+        return cls(SandboxPolicy.from_config(cfg))
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def _spawn(self, pos: int, profile: str) -> _Slot:
+        lease, t0 = None, time.perf_counter()
+        if os.geteuid() == 0 and self.policy.privdrop:
+            try:
+                lease = UidLease.acquire(self.policy)
+            except (LeaseError, OSError) as e:
+                self._fail(f"cannot lease a sandbox uid: {e}")
+        lease_ms = round((time.perf_counter() - t0) * 1000, 1)
         base = tempfile.mkdtemp(prefix="echo-sbx-")
-        os.chmod(base, 0o711)  # the sandbox uid may traverse it to its own run dir, not list or write it
+        os.chmod(base, 0o711)  # (without namespaces) the program's uid may traverse it to its run dir
         paths = import_roots([*self.preload[profile]])
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -228,38 +229,44 @@ class SandboxPool:
             "MKL_NUM_THREADS": "1",
             "NUMEXPR_NUM_THREADS": "1",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-B", "-m", "echo_megatron.rewards.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            cwd=base,
-            start_new_session=True,
-            close_fds=True,
-            bufsize=0,
-        )
-        os.set_blocking(proc.stdout.fileno(), False)
-        init = dict(self._init, base=base, uid=self.uid_base + pos, preload=self.preload[profile])
-        slot = _Slot(pos=pos, profile=profile, proc=proc, base=base, spawned=time.monotonic())
-        self._send(slot, init)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-B", "-m", "echo_megatron.rewards.worker", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                cwd=base,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        slot = _Slot(pos, profile, proc, mine, base, lease, time.monotonic(), lease_ms=lease_ms)
+        role = VERIFY if profile == VERIFIER else PROGRAM
+        uid = lease.uid if lease else None
+        self._send(slot, dict(self._init, role=role, uid=uid, base=base, preload=self.preload[profile]))
         return slot
 
-    def _send(self, slot: _Slot, frame: dict) -> bool:
+    def _send(self, slot: _Slot, msg: dict) -> bool:
         try:
-            data = encode_frame(frame)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(slot.proc.stdin.fileno(), view) :]
+            send_msg(slot.sock, msg)
             return True
-        except (OSError, ValueError):  # the worker is gone (EPIPE) or its pipe was closed
+        except OSError:  # the worker is gone (EPIPE) or its socket is full / closed
             return False
 
     def _replace(self, slot: _Slot) -> None:
         _kill_slot(slot)
         self._slots[slot.pos] = self._spawn(slot.pos, slot.profile)
 
+    def _fail(self, message: str) -> None:
+        self._closed = True
+        self._finalizer()
+        raise SandboxError(message)
+
     def close(self) -> None:
-        """Stop every worker and remove every temporary directory (idempotent)."""
+        """Stop every worker, remove every temporary directory, release every uid (idempotent)."""
         with self._lock:
             self._closed = True
             self._finalizer()
@@ -276,14 +283,24 @@ class SandboxPool:
 
     @property
     def base_dirs(self) -> list[str]:
-        """The workers' sandbox directories (every program's cwd and /tmp live inside one of them)."""
+        """The workers' directories (each worker's view is mounted there, in its own mount namespace)."""
         return [s.base for s in self._slots]
 
     @property
+    def uids(self) -> list[int]:
+        """The uids leased by the workers started so far (root), one per worker."""
+        return [s.lease.uid for s in self._slots if s.lease is not None]
+
+    @property
     def isolation(self) -> dict:
-        """What each worker could set up: netns, mountns, userns, private_tmp, privdrop, seccomp, notes."""
+        """What the workers set up (the first worker's report; every worker sets up the same layers) plus the
+        uids of all workers: safe, unsafe, pidns, mountns, netns, ipcns, utsns, userns, view, exposed,
+        private_tmp, privdrop, uid(s), caps_dropped, seccomp, notes."""
         self.wait_ready()
-        return dict(self._slots[0].info.get("isolation", {}))
+        first = self._slots[0]
+        iso = dict(first.info.get("isolation", {}), uids=self.uids, unsafe_ok=self.policy.unsafe_ok)
+        iso["setup_ms"] = dict(iso.get("setup_ms", {}), lease=first.lease_ms)
+        return iso
 
     def wait_ready(self) -> None:
         """Block until every worker started so far has started (a no-op once they have)."""
@@ -293,127 +310,169 @@ class SandboxPool:
             self._run([], wait_all=True)
 
     # --- running jobs -------------------------------------------------------------------------------------
-    def run(self, jobs: list[dict]) -> list[dict]:
-        """Run jobs (see ``runner.py``) in parallel; one reply per job, in order:
-        ``{"value", "equal", "error", "detail", "elapsed"}``. Program failures are replies, never exceptions."""
+    def run(self, jobs: list[Job]) -> list[Reply]:
+        """Run jobs (see ``runner.py``) in parallel; one reply per job, in order. Program failures are replies,
+        never exceptions."""
         with self._lock:
             if self._closed:
                 raise SandboxError("the sandbox pool is closed")
             return self._run(list(jobs))
 
-    def profile_of(self, job: dict) -> str:
-        """HEAVY for math-verify comparisons and programs that name a heavy module, else LIGHT."""
-        if job.get("kind") == "verify":
-            return HEAVY
-        code = (
-            job.get("code") if job.get("kind") == "function" else "\n".join(map(str, job.get("blocks", [])))
-        )
-        return HEAVY if any(m in str(code) for m in self.heavy_triggers) else LIGHT
+    def profile_of(self, job: Job) -> str:
+        """VERIFIER for comparisons with a gold, HEAVY for programs that name a heavy module, else LIGHT."""
+        if role_of(job) == VERIFY:
+            return VERIFIER
+        return HEAVY if any(m in code for code in job.code for m in self.heavy_triggers) else LIGHT
 
-    def _run(self, jobs: list[dict], wait_all: bool = False) -> list[dict]:
-        results: list[dict | None] = [None] * len(jobs)
-        pending: dict[str, collections.deque] = {LIGHT: collections.deque(), HEAVY: collections.deque()}
+    def _run(self, jobs: list[Job], wait_all: bool = False) -> list[Reply]:
+        results: list[Reply | None] = [None] * len(jobs)
+        pending: dict[str, collections.deque] = {p: collections.deque() for p in (LIGHT, HEAVY, VERIFIER)}
         for i, job in enumerate(jobs):
             pending[self.profile_of(job)].append(i)
-        if pending[HEAVY] and not any(s.profile == HEAVY for s in self._slots):
-            for _ in range(self.workers):
-                self._slots.append(self._spawn(len(self._slots), HEAVY))
+        for profile in (HEAVY, VERIFIER):
+            if pending[profile] and not any(s.profile == profile for s in self._slots):
+                for _ in range(self.workers):
+                    self._slots.append(self._spawn(len(self._slots), profile))
         while True:
-            now = time.monotonic()
             for slot in self._slots:
                 queue = pending[slot.profile]
-                if slot.ready and slot.job is None and queue:
-                    i = queue.popleft()
-                    self._next_id += 1
-                    slot.job, slot.job_id, slot.started = i, self._next_id, now
-                    if not self._send(slot, dict(jobs[i], id=self._next_id)):
-                        self._lost(slot, results, "sandbox", "the worker's pipe is closed")
+                if slot.ready and slot.armed and slot.job is None and queue:
+                    self._start(slot, queue, jobs)
             busy = [s for s in self._slots if s.job is not None]
             booting = [s for s in self._slots if not s.ready and (pending[s.profile] or wait_all)]
-            if not pending[LIGHT] and not pending[HEAVY] and not busy and not booting:
+            if not any(pending.values()) and not busy and not booting:
                 return list(results)  # type: ignore[arg-type]
-            wake = [s.started + self.timeout_s + WATCHDOG_GRACE_S for s in busy]
-            wake += [s.spawned + self.start_timeout_s for s in booting]
+            now = time.monotonic()
+            wake = [s.started + self._timeout(s) + self.policy.watchdog_grace_s for s in busy]
+            wake += [s.spawned + self.policy.start_timeout_s for s in booting]
             wait = max(0.0, min([now + 1.0, *wake]) - now)
-            fds = {s.proc.stdout.fileno(): s for s in self._slots}
+            fds = {s.sock.fileno(): s for s in self._slots}
+            fds |= {s.res_r: s for s in busy if s.res_r is not None}
             for fd in select.select(list(fds), [], [], wait)[0]:
-                self._read(fds[fd], results)
+                slot = fds[fd]
+                if self._slots[slot.pos] is not slot:
+                    continue  # replaced while handling an earlier descriptor
+                if fd == slot.res_r:
+                    self._read_result(slot)
+                else:
+                    self._messages(slot, results)
+            for slot in list(self._slots):
+                if slot.job is not None and slot.ended is not None and slot.res_r is None:
+                    self._finish(slot, results)
             self._watchdog(results)
 
-    def _read(self, slot: _Slot, results: list) -> None:
+    def _timeout(self, slot: _Slot) -> float:
+        return self.policy.verify_timeout_s if slot.profile == VERIFIER else self.timeout_s
+
+    def _start(self, slot: _Slot, queue: collections.deque, jobs: list[Job]) -> None:
+        """Write the next job into the armed child's pipe and start its deadline."""
+        n, job_w, res_r = slot.armed
+        slot.armed = None
+        i = queue.popleft()
         try:
-            chunk = os.read(slot.proc.stdout.fileno(), 1 << 20)
+            data = json.dumps(jobs[i].to_frame()).encode()
+            view = memoryview(data)
+            while view:  # blocking: the child is reading (it has not run any model code yet)
+                view = view[os.write(job_w, view) :]
+        except OSError:  # the armed child died before its job: the job waits for the next one
+            queue.appendleft(i)
+            slot.armed = (n, job_w, res_r)
+            self._armed_died(slot)
+            return
+        os.close(job_w)
+        os.set_blocking(res_r, False)
+        slot.job, slot.n, slot.res_r, slot.started = i, n, res_r, time.monotonic()
+        slot.data, slot.overflow, slot.ended = bytearray(), False, None
+        self._send(slot, {"op": "go", "n": n})
+
+    def _read_result(self, slot: _Slot) -> None:
+        try:
+            chunk = os.read(slot.res_r, 1 << 16)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
-        if not chunk:
-            self._lost(slot, results, "sandbox", "the sandbox worker exited")
+        if chunk:
+            slot.data += chunk
+            if len(slot.data) <= self.policy.max_output_bytes * 4 + READ_SLACK:  # JSON may escape each char
+                return
+            slot.overflow = True
+            self._send(slot, {"op": "kill", "n": slot.n})
+        os.close(slot.res_r)
+        slot.res_r = None
+
+    def _messages(self, slot: _Slot, results: list) -> None:
+        """Every message waiting on the worker's socket."""
+        while self._slots[slot.pos] is slot:
+            try:
+                msg, fds = recv_msg(slot.sock)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg, fds = None, []
+            if msg is None:
+                self._lost(slot, results, "sandbox", "the sandbox worker exited")
+                return
+            self._handle(slot, msg, fds, results)
+
+    def _handle(self, slot: _Slot, msg: dict, fds: list[int], results: list) -> None:
+        op = msg.get("op")
+        if op == "armed" and len(fds) == 2 and slot.ready:
+            if slot.armed:  # cannot happen with a sane worker; never leak descriptors
+                os.close(slot.armed[1])
+                os.close(slot.armed[2])
+            slot.armed = (int(msg.get("n", -1)), fds[0], fds[1])
             return
-        slot.buf += chunk
-        while len(slot.buf) >= 4:
-            (n,) = struct.unpack(">I", slot.buf[:4])
-            if n > MAX_FRAME:
-                self._lost(slot, results, "sandbox", "bad frame from the sandbox worker")
-                return
-            if len(slot.buf) < 4 + n:
-                return
-            frame = self._decode(slot.buf[4 : 4 + n])
-            del slot.buf[: 4 + n]
-            if not self._handle(slot, frame, results):
-                return
+        for fd in fds:
+            os.close(fd)
+        if op == "ready" and not slot.ready:
+            slot.ready, slot.info = True, msg
+            iso = msg.get("isolation", {})
+            if not iso.get("safe") and not self.policy.unsafe_ok:
+                # the cause, e.g. "no namespaces (unshare: Operation not permitted)"
+                why = [n for n in iso.get("notes", []) if n.startswith("no ")]
+                gaps = "; ".join(iso.get("unsafe", []) + why) or "unknown"
+                self._fail(f"the sandbox is not safe here ({gaps}); {UNSAFE_HINT}")
+        elif op == "exit" and slot.job is not None and msg.get("n") == slot.n:
+            slot.ended = Exit(int(msg.get("status", 0)), float(msg.get("cpu_s", 0.0)), msg.get("why"))
+        elif op == "exit" and slot.armed and msg.get("n") == slot.armed[0]:
+            self._armed_died(slot)
+        elif op == "exit":
+            pass  # an armed child whose death _start already counted
+        elif op == "fatal":
+            self._fail(f"a sandbox worker could not start: {msg.get('detail', '')}; {START_HINT}")
+        else:
+            self._lost(slot, results, "sandbox", f"unexpected message from the sandbox worker: {op!r}")
 
-    @staticmethod
-    def _decode(data: bytes) -> dict:
-        import json
-
+    def _armed_died(self, slot: _Slot) -> None:
+        """An armed child died before it got a job (it could not harden itself); three in a row is fatal."""
+        _, job_w, res_r = slot.armed
         try:
-            obj = json.loads(data)
-        except ValueError:
-            return {"type": "garbage"}
-        return obj if isinstance(obj, dict) else {"type": "garbage"}
+            reply = Reply.decode(os.read(res_r, 1 << 16))
+        except OSError:
+            reply = None
+        slot.close_fds()
+        slot.setup_failures += 1
+        if slot.setup_failures >= MAX_START_FAILURES:
+            detail = reply.detail if reply is not None else "no reason given"
+            self._fail(f"sandbox programs cannot start: {detail}; {START_HINT}")
 
-    def _handle(self, slot: _Slot, frame: dict, results: list) -> bool:
-        kind = frame.get("type")
-        if kind == "ready":
-            slot.ready, slot.info = True, frame
-            return True
-        if kind == "result" and slot.job is not None and frame.get("id") == slot.job_id:
-            results[slot.job] = {
-                "value": frame.get("value"),
-                "equal": frame.get("equal"),
-                "error": frame.get("error"),
-                "detail": frame.get("detail", ""),
-                "elapsed": float(frame.get("elapsed", 0.0)),
-            }
-            slot.job = slot.job_id = None
-            self._start_failures = 0
-            return True
-        if kind == "fatal":
-            detail = frame.get("detail", "")
-            self._closed = True
-            self._finalizer()
-            raise SandboxError(f"a sandbox worker could not start: {detail}; {START_HINT}")
-        self._lost(slot, results, "sandbox", f"unexpected frame from the sandbox worker: {kind!r}")
-        return False
+    def _finish(self, slot: _Slot, results: list) -> None:
+        reply = outcome(bytes(slot.data), slot.ended, self._timeout(slot), slot.overflow)
+        results[slot.job] = reply.timed(time.monotonic() - slot.started)
+        slot.job = slot.n = slot.ended = None
+        slot.data = bytearray()
+        slot.setup_failures = 0
+        self._start_failures = 0
 
     def _lost(self, slot: _Slot, results: list, kind: str, detail: str) -> None:
         """Kill and replace a worker; its in-flight job (if any) gets the error ``kind``."""
         if slot.job is not None:
-            elapsed = time.monotonic() - slot.started
-            results[slot.job] = {
-                "value": None,
-                "equal": None,
-                "error": kind,
-                "detail": detail,
-                "elapsed": elapsed,
-            }
+            results[slot.job] = Reply.failure(kind, detail, time.monotonic() - slot.started)
         elif not slot.ready:
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
-                self._closed = True
-                self._finalizer()
-                raise SandboxError(
+                self._fail(
                     f"sandbox workers failed to start {MAX_START_FAILURES} times: {detail}; {START_HINT}"
                 )
         self._replace(slot)
@@ -421,7 +480,11 @@ class SandboxPool:
     def _watchdog(self, results: list) -> None:
         now = time.monotonic()
         for slot in list(self._slots):
-            if slot.job is not None and now > slot.started + self.timeout_s + WATCHDOG_GRACE_S:
+            if (
+                slot.job is not None
+                and now > slot.started + self._timeout(slot) + self.policy.watchdog_grace_s
+            ):
                 self._lost(slot, results, "timeout", "the sandbox worker stopped answering (killed)")
-            elif not slot.ready and now > slot.spawned + self.start_timeout_s:
-                self._lost(slot, results, "sandbox", f"no worker ready after {self.start_timeout_s:g} s")
+            elif not slot.ready and now > slot.spawned + self.policy.start_timeout_s:
+                limit = self.policy.start_timeout_s
+                self._lost(slot, results, "sandbox", f"no worker ready after {limit:g} s")

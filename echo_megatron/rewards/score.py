@@ -4,11 +4,12 @@
     with SandboxPool.from_config(cfg.rewards) as pool:              # RL: one pool for the whole run
         results = score(completions, references, "gsm8k", cfg.rewards, pool)
 
-Per item: ``classify_format`` -> answer (``nl``/``other``: ``extract.nl_answer``; ``code``: run the program and
-call ``simple_math_problem()``; ``code_interp``: run the ``<llm-code>`` blocks, take the last one's output) ->
-compare with the gold answer (``equivalence``). All programs of a batch run in parallel over the pool, then all
-math-verify comparisons that the quick numeric/string rules could not settle. Without a pool, a temporary one is
-started for the call when it needs one (slow: pass a pool when scoring repeatedly).
+Each completion becomes an ``Item`` that a ``Verifier`` (``verifiers.py``, chosen by ``rewards.verifier``) takes
+through its steps: extraction (which may need a program run), then the comparison with the gold (which may need
+math-verify). All programs of a batch run in parallel over the pool, then all math-verify comparisons that the
+in-process rules could not settle. The reward of an item is a function of it, chosen by name from ``REWARDS``
+(``rewards.reward``; ``binary``: ``correct_reward`` if correct, else ``wrong_reward``). Without a pool, a temporary
+one is started for the call when it needs one (slow: pass a pool when scoring repeatedly).
 
 Tasks: ``gsm8k``, ``testbed``, ``aime``, ``amc`` compare numbers; ``math`` compares LaTeX through math-verify.
 References may be a bare answer, a GSM8K solution (``#### N``), a solution with ``\\boxed{}``, or a number.
@@ -17,12 +18,14 @@ References may be a bare answer, a GSM8K solution (``#### N``), a solution with 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from echo_megatron.rewards.equivalence import answers_equal
-from echo_megatron.rewards.extract import code_program, gold_answer, llm_code_blocks, nl_answer
-from echo_megatron.rewards.formats import CODE, CODE_INTERP, EMPTY, classify_format
+from echo_megatron.rewards.protocol import ERROR_KINDS, Job, Reply
 from echo_megatron.rewards.sandbox import SandboxPool
+from echo_megatron.rewards.verifiers import Item, Verifier, make_verifier, setting
+
+__all__ = ["ERROR_KINDS", "REWARDS", "TASKS", "ScoreResult", "score"]
 
 TASKS: dict[str, str] = {
     "gsm8k": "numeric",
@@ -31,23 +34,16 @@ TASKS: dict[str, str] = {
     "amc": "numeric",
     "math": "math",
 }
-ERROR_KINDS: dict[str, str] = {
-    "empty": "the completion is empty",
-    "no_answer": "no final answer found (or the program returned None and printed nothing)",
-    "no_reference": "the reference answer is missing",
-    "syntax": "the program does not compile",
-    "exception": "the program raised an exception",
-    "exit": "the program exited (sys.exit, SystemExit, KeyboardInterrupt, os._exit) before returning",
-    "forbidden": "a blocked operation: process, thread, socket, file write, signal, limit change, other user's file",
-    "timeout": "wall-clock timeout (killed)",
-    "cpu": "CPU-time limit (killed)",
-    "memory": "address-space limit (MemoryError)",
-    "output": "stdout/stderr over the cap",
-    "crash": "killed by a fatal signal (segfault, abort)",
-    "killed": "killed by another signal",
-    "verify": "math-verify failed on the answer",
-    "sandbox": "the sandbox itself failed (worker died or could not set up)",
-}
+
+
+def binary_reward(item: Item, cfg) -> float:
+    """``correct_reward`` (1.0) for a correct answer, else ``wrong_reward`` (0.0)."""
+    return float(
+        setting(cfg, "correct_reward" if item.correct else "wrong_reward", 1.0 if item.correct else 0.0)
+    )
+
+
+REWARDS: dict[str, Callable[[Item, object], float]] = {"binary": binary_reward}
 
 
 @dataclass
@@ -63,9 +59,10 @@ class ScoreResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def _get(cfg, name: str, default):
-    return getattr(cfg, name, default) if cfg is not None else default
+    @classmethod
+    def of(cls, item: Item, reward: float) -> ScoreResult:
+        detail = item.detail or (ERROR_KINDS.get(item.error, "") if item.error else "")
+        return cls(reward, item.correct, item.format, item.answer, item.error, item.elapsed, detail)
 
 
 def _text(obj: object) -> str:
@@ -74,95 +71,66 @@ def _text(obj: object) -> str:
     return obj if isinstance(obj, str) else str(obj)
 
 
+def _timed(item: Item, step: Callable, *args):
+    t0 = time.perf_counter()
+    try:
+        return step(item, *args)
+    finally:
+        item.elapsed += time.perf_counter() - t0
+
+
+class _Runner:
+    """Runs jobs over the caller's pool, or over one started on first need (closed by ``close``)."""
+
+    def __init__(self, cfg, pool: SandboxPool | None) -> None:
+        self.cfg, self.pool, self.own = cfg, pool, None
+
+    def run(self, pairs: list[tuple[Item, Job]]) -> list[tuple[Item, Reply]]:
+        if not pairs:
+            return []
+        if self.pool is None:
+            self.pool = self.own = SandboxPool.from_config(self.cfg)
+        replies = self.pool.run([job for _, job in pairs])
+        for (item, _), reply in zip(pairs, replies):
+            item.elapsed += reply.elapsed
+        return [(item, reply) for (item, _), reply in zip(pairs, replies)]
+
+    def close(self) -> None:
+        if self.own is not None:
+            self.own.close()
+
+
 def score(
     completions: list[str],
     references: list[str],
     task: str,
     cfg=None,
     pool: SandboxPool | None = None,
+    prompts: list[str] | None = None,
 ) -> list[ScoreResult]:
-    """Score completions (solution text only) against references for ``task``; one result per completion."""
+    """Score completions (solution text only) against references for ``task``; one result per completion.
+    ``prompts`` (the questions) are passed on to the verifier for those that read them."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
     if len(completions) != len(references):
         raise ValueError(f"{len(completions)} completions but {len(references)} references")
-    fallback = bool(_get(cfg, "last_number_fallback", True))
-    rel_tol = float(_get(cfg, "rel_tol", 1e-6))
-    n = len(completions)
-    texts = [_text(c) for c in completions]
-    formats, golds, answers = [EMPTY] * n, [None] * n, [None] * n
-    errors: list[str | None] = [None] * n
-    details = [""] * n
-    elapsed = [0.0] * n
-    jobs: list[tuple[int, dict]] = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fmt = formats[i] = classify_format(texts[i])
-        golds[i] = gold_answer(references[i], task)
-        if fmt == EMPTY:
-            errors[i] = "empty"
-        elif fmt == CODE:
-            jobs.append((i, {"kind": "function", "code": code_program(texts[i])}))
-        elif fmt == CODE_INTERP:
-            jobs.append((i, {"kind": "notebook", "blocks": llm_code_blocks(texts[i])}))
-        else:
-            answers[i] = nl_answer(texts[i], fallback)
-            if answers[i] is None:
-                errors[i] = "no_answer"
-        elapsed[i] += time.perf_counter() - t0
-
-    own_pool = None
+    if prompts is not None and len(prompts) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(prompts)} prompts")
+    reward_name = str(setting(cfg, "reward", "binary"))
+    if reward_name not in REWARDS:
+        raise ValueError(f"unknown reward {reward_name!r}; known: {sorted(REWARDS)}")
+    verifier: Verifier = make_verifier(cfg)
+    questions = prompts if prompts is not None else [None] * len(completions)
+    items = [Item(_text(c), r, q) for c, r, q in zip(completions, references, questions)]
+    runner = _Runner(cfg, pool)
     try:
-        if jobs:
-            pool = pool or (own_pool := SandboxPool.from_config(_config_or_default(cfg)))
-            for (i, _), reply in zip(jobs, pool.run([job for _, job in jobs])):
-                elapsed[i] += reply["elapsed"]
-                answers[i], errors[i], details[i] = reply["value"], reply["error"], reply["detail"]
-
-        correct = [False] * n
-        verify: list[tuple[int, dict]] = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            if errors[i] is None and answers[i] is None:
-                errors[i] = "no_answer"
-            if errors[i] is None and golds[i] is None:
-                errors[i] = "no_reference"
-            if errors[i] is None:
-                eq = answers_equal(answers[i], golds[i], task, rel_tol)
-                if eq is None:
-                    verify.append((i, {"kind": "verify", "gold": golds[i], "pred": answers[i]}))
-                else:
-                    correct[i] = eq
-            elapsed[i] += time.perf_counter() - t0
-        if verify:
-            pool = pool or (own_pool := SandboxPool.from_config(_config_or_default(cfg)))
-            for (i, _), reply in zip(verify, pool.run([job for _, job in verify])):
-                elapsed[i] += reply["elapsed"]
-                correct[i] = reply["equal"] is True
-                if reply["error"] is not None:
-                    errors[i], details[i] = "verify", f"{reply['error']}: {reply['detail']}"
+        programs = [(it, job) for it in items if (job := _timed(it, verifier.extract, task)) is not None]
+        for item, reply in runner.run(programs):
+            _timed(item, verifier.take, reply)
+        compares = [(it, job) for it in items if (job := _timed(it, verifier.judge, task)) is not None]
+        for item, reply in runner.run(compares):
+            _timed(item, verifier.settle, reply)
     finally:
-        if own_pool is not None:
-            own_pool.close()
-
-    right, wrong = float(_get(cfg, "correct_reward", 1.0)), float(_get(cfg, "wrong_reward", 0.0))
-    return [
-        ScoreResult(
-            reward=right if correct[i] else wrong,
-            correct=correct[i],
-            format=formats[i],
-            extracted=answers[i],
-            error=errors[i],
-            elapsed=elapsed[i],
-            detail=details[i] or (ERROR_KINDS.get(errors[i], "") if errors[i] else ""),
-        )
-        for i in range(n)
-    ]
-
-
-def _config_or_default(cfg):
-    if cfg is not None and hasattr(cfg, "sandbox_workers"):
-        return cfg
-    from echo_megatron.config.rl import RewardConfig
-
-    return RewardConfig()
+        runner.close()
+    reward = REWARDS[reward_name]
+    return [ScoreResult.of(it, reward(it, cfg)) for it in items]

@@ -1,64 +1,56 @@
-"""A seccomp-bpf deny list for sandboxed programs, built with libseccomp (through ctypes, no extra package).
+"""A seccomp-bpf allow list for sandboxed programs, built with libseccomp (through ctypes, no extra package).
 
-The sandbox child loads this filter just before it runs model code. Every listed system call kills the whole
-process with SIGSYS (``SCMP_ACT_KILL_PROCESS``), so a hostile program cannot catch the failure and carry on: the
-worker sees the signal and reports the error kind ``forbidden``. Denied:
+The allowed calls are ``SandboxPolicy.allowed_syscalls`` (``policy.py``); every other call kills the whole process
+with SIGSYS (``SCMP_ACT_KILL_PROCESS``), so a hostile program cannot catch the failure and carry on: the worker
+sees the signal and reports the error kind ``forbidden``. An allow list does not age: a system call added to the
+kernel after this list was written (``setxattrat``, ``file_setattr`` on 6.18, ...) is denied, as is any call the
+installed libseccomp cannot name, any call of another ABI (i386 or x32 on x86_64: the bad-arch action kills too).
 
-- new processes and threads (clone/clone3/fork/vfork), execve, signals to other processes (kill/tkill/tgkill);
-- networking: socket, socketpair;
-- every write to the file system: open/openat with O_WRONLY, O_RDWR, O_CREAT or O_TRUNC, creat, openat2,
-  mkdir, rename, link, symlink, unlink, mknod, chmod, chown, truncate, xattrs, utime;
-- raising limits or changing identity: setrlimit, prlimit64 with a new limit, setuid & co, capset;
-- escapes and kernel surface: ptrace, process_vm_*, mount & co, unshare, setns, chroot, io_uring, bpf,
-  userfaultfd, perf_event_open, keyrings, modules, SysV IPC creation, TIOCSTI.
+Argument conditions, on top of the list:
 
-Reading files, computing, allocating (bounded by RLIMIT_AS) and writing to already-open descriptors stay allowed.
-System calls of another ABI (i386 on x86_64) are killed by libseccomp's bad-arch action. When libseccomp is
-missing the filter is unavailable and the sandbox reports it (``SandboxPool.isolation``).
+- ``open`` / ``openat``: only without ``O_WRONLY``, ``O_RDWR``, ``O_CREAT``, ``O_TRUNC`` (so no ``O_TMPFILE``
+  either); ``creat``, ``openat2`` and every other call that writes, links or removes files are not allowed;
+- ``prlimit64``: only with a NULL new limit (reading one);
+- ``fcntl``: only ``F_DUPFD``, ``F_DUPFD_CLOEXEC``, ``F_GETFD``, ``F_SETFD``, ``F_GETFL``, ``F_SETFL``; not
+  ``F_SETOWN``/``F_SETSIG`` (signals to other processes through SIGIO) or leases/locks/notifications;
+- ``ioctl``: fails with ENOTTY (a program's descriptors are /dev/null and pipes, never a terminal); Python falls
+  back to ``fcntl`` where it tries ``FIOCLEX``.
+
+The filter is compiled once per worker (``AllowFilter(policy)``) and installed in each forked child just before it
+runs model code (``load``: ``no_new_privs``, then the BPF program). When libseccomp is missing the filter is
+unavailable and the pool reports it (``SandboxPool.isolation``) and refuses to start unless
+``rewards.sandbox_unsafe_ok`` is set.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
+
+from echo_megatron.rewards.policy import SandboxPolicy
 
 ACT_KILL_PROCESS = 0x80000000
 ACT_KILL_THREAD = 0x00000000
 ACT_ALLOW = 0x7FFF0000
-CMP_NE = 1
+ACT_ERRNO = 0x00050000
+FLTATR_ACT_BADARCH = 2
 CMP_EQ = 4
 CMP_MASKED_EQ = 7
-TIOCSTI = 0x5412
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_MODE_FILTER = 2
-
-DENY: tuple[str, ...] = (
-    # processes, threads, programs, signals to others
-    "clone", "clone3", "fork", "vfork", "execve", "execveat",
-    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-    "pidfd_open", "pidfd_send_signal", "pidfd_getfd",
-    # network
-    "socket", "socketpair",
-    # file system writes (open/openat are filtered by flags below)
-    "creat", "openat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat",
-    "renameat2", "link", "linkat", "symlink", "symlinkat", "mknod", "mknodat", "chmod", "fchmod",
-    "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "truncate", "utime", "utimes",
-    "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
-    "fremovexattr", "name_to_handle_at", "open_by_handle_at", "memfd_create", "mq_open",
-    # limits and identity
-    "setrlimit", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
-    "setfsuid", "setfsgid", "capset", "personality",
-    # escapes and kernel attack surface
-    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "move_mount", "fsopen",
-    "fsmount", "fspick", "open_tree", "mount_setattr", "unshare", "setns", "chroot", "pivot_root",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "userfaultfd", "perf_event_open",
-    "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module", "kexec_load",
-    "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl", "iopl", "ioperm",
-    "shmget", "semget", "msgget", "fanotify_init", "inotify_init", "inotify_init1",
-)  # fmt: skip
-WRITE_FLAGS: tuple[int, ...] = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+FCNTL_ALLOWED = (
+    fcntl.F_DUPFD,
+    fcntl.F_DUPFD_CLOEXEC,
+    fcntl.F_GETFD,
+    fcntl.F_SETFD,
+    fcntl.F_GETFL,
+    fcntl.F_SETFL,
+)
 
 
 class _ArgCmp(ctypes.Structure):
@@ -86,6 +78,8 @@ def _load_libseccomp() -> ctypes.CDLL:
         raise SeccompUnavailable(f"libseccomp not found ({e})") from e
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_attr_set.restype = ctypes.c_int
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_rule_add_array.restype = ctypes.c_int
@@ -103,41 +97,47 @@ def _load_libseccomp() -> ctypes.CDLL:
     return lib
 
 
-class DenyFilter:
+class AllowFilter:
     """A prepared (not yet loaded) filter. Build it once in the worker; ``load()`` in each forked child."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SandboxPolicy) -> None:
         self._lib = _load_libseccomp()
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self._ctx = self._lib.seccomp_init(ACT_ALLOW)
+        self.default = ACT_KILL_PROCESS
+        self._ctx = self._lib.seccomp_init(self.default)
+        if not self._ctx:  # libseccomp < 2.4 / kernel < 4.14: no KILL_PROCESS; the child is single-threaded
+            self.default = ACT_KILL_THREAD
+            self._ctx = self._lib.seccomp_init(self.default)
         if not self._ctx:
             raise SeccompUnavailable("seccomp_init failed")
-        self.action = ACT_KILL_PROCESS
-        self.denied: list[str] = []
-        for name in DENY:
-            self._rule(name)
-        for flag in WRITE_FLAGS:  # open(path, flags) / openat(dirfd, path, flags)
-            self._rule("open", _ArgCmp(1, CMP_MASKED_EQ, flag, flag))
-            self._rule("openat", _ArgCmp(2, CMP_MASKED_EQ, flag, flag))
-        self._rule("prlimit64", _ArgCmp(2, CMP_NE, 0, 0))  # setting a limit; reading one (NULL) is fine
-        self._rule("ioctl", _ArgCmp(1, CMP_EQ, TIOCSTI, 0))  # typing into a terminal
-        for needed in ("socket", "clone", "execve", "openat"):
-            if needed not in self.denied:
-                raise SeccompUnavailable(f"could not add a rule for {needed}")
+        try:
+            self._lib.seccomp_attr_set(self._ctx, FLTATR_ACT_BADARCH, self.default)
+            self.allowed: list[str] = []
+            for name in policy.allowed_syscalls:
+                self._rule(ACT_ALLOW, name)
+            for name, arg in (("open", 1), ("openat", 2)):  # read-only opens
+                self._rule(ACT_ALLOW, name, _ArgCmp(arg, CMP_MASKED_EQ, WRITE_FLAGS, 0))
+            self._rule(ACT_ALLOW, "prlimit64", _ArgCmp(2, CMP_EQ, 0, 0))  # reading a limit (new = NULL)
+            for cmd in FCNTL_ALLOWED:
+                self._rule(ACT_ALLOW, "fcntl", _ArgCmp(1, CMP_EQ, cmd, 0))
+            self._rule(ACT_ERRNO | errno.ENOTTY, "ioctl")
+            for needed in ("read", "write", "exit_group", "openat", "mmap"):
+                if needed not in self.allowed:
+                    raise SeccompUnavailable(f"could not allow {needed}")
+            self._program = self._export()
+        finally:
+            self._lib.seccomp_release(self._ctx)
 
-    def _rule(self, name: str, *cmps: _ArgCmp) -> None:
+    def _rule(self, action: int, name: str, *cmps: _ArgCmp) -> None:
         nr = self._lib.seccomp_syscall_resolve_name(name.encode())
-        if nr < 0:  # no such system call on this architecture
+        if nr < 0:  # no such system call on this architecture, or unknown to this libseccomp: stays denied
             return
         arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
-        rc = self._lib.seccomp_rule_add_array(self._ctx, self.action, nr, len(cmps), arr)
-        if rc < 0 and self.action == ACT_KILL_PROCESS and not self.denied:
-            self.action = ACT_KILL_THREAD  # libseccomp < 2.4 / kernel < 4.14; the child is single-threaded
-            rc = self._lib.seccomp_rule_add_array(self._ctx, self.action, nr, len(cmps), arr)
-        if rc == 0 and name not in self.denied:
-            self.denied.append(name)
-
-        self._program = self._export()
+        rc = self._lib.seccomp_rule_add_array(self._ctx, action, nr, len(cmps), arr)
+        if rc != 0:
+            raise SeccompUnavailable(f"seccomp rule for {name}: {os.strerror(-rc)}")
+        if action == ACT_ALLOW and name not in self.allowed:
+            self.allowed.append(name)
 
     def _export(self) -> ctypes.Array:
         """libseccomp's BPF program, compiled once here so that each child installs it in microseconds."""
