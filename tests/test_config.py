@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from echo_testing import REPO
 
 from echo_megatron.config import ConfigError, load_config
 
@@ -126,3 +127,13 @@ def test_prompt_templates():
     with pytest.raises(ValueError, match="unknown prompt template 'chat'"):
         prompt_text("Q?", "chat")
     assert load_config("recipes/paper/rl/1b_grpo.yaml").rl.prompt_template == "raw"
+
+
+def test_slurm_times_stay_strings(tmp_path):
+    """YAML 1.1 reads ``30:00`` as the base-60 integer 1800, which Slurm would take as 1,800 minutes."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {REPO / 'recipes' / 'tiny_cpu.yaml'}\ncluster:\n  time: 30:00\n")
+    assert load_config(str(recipe)).cluster.time == "30:00"
+    assert load_config(str(recipe), ["cluster.time=1:30:00"]).cluster.time == "1:30:00"
+    cfg = load_config(str(recipe), ["train.steps=12", "optimizer.lr=3e-4", "parallel.tp=0x2"])
+    assert (cfg.train.steps, cfg.optimizer.lr, cfg.parallel.tp) == (12, 3e-4, 2)  # other scalars as before

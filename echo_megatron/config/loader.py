@@ -8,6 +8,7 @@ A recipe may name ``base: other.yaml`` (relative to itself) to inherit from anot
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,14 +43,49 @@ def resolve_recipe(path: str) -> str:
     raise ConfigError(f"recipe file not found: {path}")
 
 
+def _recipe_yaml_loader() -> type:
+    """OmegaConf's YAML loader without YAML 1.1's base-60 integers: ``30:00`` stays the string it looks like
+    (a Slurm time, ``cluster.time``) instead of becoming the integer 1800 (1,800 minutes to Slurm)."""
+    from omegaconf._utils import get_yaml_loader
+
+    base = get_yaml_loader()
+    resolvers = {
+        first: [(tag, rx) for tag, rx in pairs if tag != "tag:yaml.org,2002:int"]
+        for first, pairs in base.yaml_implicit_resolvers.items()
+    }
+    loader = type("RecipeLoader", (base,), {"yaml_implicit_resolvers": resolvers})
+    decimal_int = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+    loader.add_implicit_resolver("tag:yaml.org,2002:int", decimal_int, list("-+0123456789"))
+    return loader
+
+
+RECIPE_LOADER = _recipe_yaml_loader()
+
+
+def parse_yaml(text: str) -> Any:
+    """A YAML document or scalar as recipes read it (see :func:`_recipe_yaml_loader`)."""
+    return yaml.load(text, Loader=RECIPE_LOADER)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: str) -> DictConfig:
     try:
-        cfg = OmegaConf.load(path)
+        with open(path, encoding="utf-8") as f:
+            data = parse_yaml(f.read())
+        cfg = OmegaConf.create(data) if isinstance(data, dict) else None
     except Exception as e:  # yaml syntax errors
         raise ConfigError(f"{path}: cannot parse YAML: {' '.join(str(e).split())}") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     return cfg
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """``key=value`` overrides as a config; each value read as YAML the way recipes are."""
+    out = OmegaConf.create({})
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(out, key, parse_yaml(value) if value else None, merge=True, force_add=True)
+    return out
 
 
 def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
@@ -136,9 +172,9 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
     try:
-        dotlist = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"command line: {e}") from e
+        dotlist = _parse_overrides(overrides)
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise ConfigError(f"command line: {' '.join(str(e).split())}") from e
     preset_name, preset = _preset_layer(chain, dotlist)
     if preset:
         cfg = merge_checked(cfg, preset, f"preset {preset_name}")
