@@ -95,9 +95,9 @@ def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = parse_yaml(f.read())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+        raise ConfigError(f"{path}: cannot parse YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} must be a YAML mapping")
     return data
