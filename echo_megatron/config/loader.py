@@ -43,28 +43,50 @@ def resolve_recipe(path: str) -> str:
     raise ConfigError(f"recipe file not found: {path}")
 
 
-def _recipe_yaml_loader() -> type:
-    """OmegaConf's YAML loader without YAML 1.1's base-60 integers: ``30:00`` stays the string it looks like
-    (a Slurm time, ``cluster.time``) instead of becoming the integer 1800 (1,800 minutes to Slurm)."""
-    from omegaconf._utils import get_yaml_loader
+_INT, _FLOAT, _TIMESTAMP = (f"tag:yaml.org,2002:{t}" for t in ("int", "float", "timestamp"))
 
-    base = get_yaml_loader()
-    resolvers = {
-        first: [(tag, rx) for tag, rx in pairs if tag != "tag:yaml.org,2002:int"]
-        for first, pairs in base.yaml_implicit_resolvers.items()
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as recipes mean it: PyYAML's safe loader without YAML 1.1's base-60 numbers and timestamps, so
+    ``30:00`` stays the string it looks like (a Slurm time, ``cluster.time``; YAML 1.1 reads the integer
+    1800, 1,800 minutes to Slurm) and ``2024-01-01`` stays a string; ``1e-5`` is a float (YAML 1.1 wants a
+    dot: ``1.0e-5``); a key given twice in one mapping is an error."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in pairs if tag not in (_INT, _FLOAT, _TIMESTAMP)]
+        for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    loader = type("RecipeLoader", (base,), {"yaml_implicit_resolvers": resolvers})
-    decimal_int = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
-    loader.add_implicit_resolver("tag:yaml.org,2002:int", decimal_int, list("-+0123456789"))
-    return loader
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-RECIPE_LOADER = _recipe_yaml_loader()
+RecipeLoader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+RecipeLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def parse_yaml(text: str) -> Any:
-    """A YAML document or scalar as recipes read it (see :func:`_recipe_yaml_loader`)."""
-    return yaml.load(text, Loader=RECIPE_LOADER)  # noqa: S506 - a SafeLoader subclass
+    """A YAML document or scalar as recipes read it (:class:`RecipeLoader`)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _read_yaml(path: str) -> DictConfig:
