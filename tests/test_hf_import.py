@@ -455,3 +455,92 @@ def test_a_checkpoint_megatron_lm_wrote_loads(tmp_path, layout):
     assert torch.equal(torch.get_rng_state(), rng)
     want, got = dict(theirs.named_parameters()), dict(ours.named_parameters())
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+# -- an HF model as the base of RL, Expert Iteration, continued pretraining and eval --------------------------
+RL_SMALL = [
+    "rl.num_rollout_samples=4",
+    "rollout.n=4",
+    "rollout.max_new_tokens=16",
+    "rl.micro_batch_size=8",
+    "checkpoint.save_interval=0",
+    "logging.progress_bar=false",
+    "rewards.sandbox_workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def testbed_hf(tmp_path_factory):
+    """The testbed's prompts and tokenizer, and a tiny random Llama over that tokenizer's vocabulary."""
+    d = tmp_path_factory.mktemp("hf_base")
+    tb = [f"testbed.out={d / 'tb'}", "testbed.n_train=200", "testbed.n_test=8"]
+    cli(["testbed", "recipes/demo/testbed.yaml", *tb])
+    src = make_hf(d, "llama", d / "tb" / "tokenizer.json", num_key_value_heads=2)
+    return d, tb, src
+
+
+def _rl_rows(run: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    return {r["step"]: r for r in rows if r["phase"] == "rl"}
+
+
+@pytest.mark.multiproc
+def test_grpo_and_ei_from_an_hf_base(testbed_hf):
+    d, tb, src = testbed_hf
+    r = cli(
+        ["rl", "recipes/demo/grpo_testbed.yaml", *tb, f"rl.base={src}", f"run_dir={d / 'grpo'}", "rl.steps=2"]
+        + RL_SMALL
+    )
+    imported = d / "grpo" / "base_import"
+    assert json.loads((imported / "hf_import.json").read_text())["source"] == str(src)
+    assert f"from base {imported / 'checkpoints' / 'iter_0000000'}" in r.stdout
+    assert sorted(_rl_rows(d / "grpo")) == [1, 2]
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(d / "grpo" / "config.yaml")  # the HF architecture, not the recipe's
+    assert (cfg.model.normalization, cfg.model.hidden_size, cfg.model.num_query_groups) == ("RMSNorm", 64, 2)
+
+    # Expert Iteration from the same HF model; its run dir already holds the import (as after a requeue)
+    shutil.copytree(imported, d / "ei" / "base_import")
+    ei = ["rl.ei_rounds=1", "rl.ei_samples=4", "rl.ei_sft_batch=4", "rl.ei_sft_epochs=1"]
+    r = cli(
+        ["rl", "recipes/demo/ei_testbed.yaml", *tb, f"rl.base={src}", f"run_dir={d / 'ei'}", *ei] + RL_SMALL
+    )
+    assert "importing" not in r.stdout
+    rows = _rl_rows(d / "ei")
+    assert sorted(rows) == [1] and rows[1]["ei/samples"] == 4 * 4
+
+
+def test_eval_of_an_hf_model(testbed_hf):
+    d, tb, src = testbed_hf
+    out = d / "eval"
+    r = cli(
+        ["eval", str(src), "--out", str(out), *tb[:1], "eval.tasks=[testbed]", "eval.max_problems=4"]
+        + ["eval.max_new_tokens=16"]
+    )
+    res = json.loads((out / "eval" / "testbed.json").read_text())
+    assert res["num_problems"] == 4 and "testbed" in r.stdout
+    assert (out / "base_import" / "hf_import.json").is_file()
+    r = cli(["eval", str(src), "eval.tasks=[testbed]"], check=False)
+    assert r.returncode == 2 and "needs --out DIR" in r.stderr
+
+
+def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
+    """`pretrain checkpoint.load=HF_DIR` takes the HF architecture and tokenizer; at lr 0 its checkpoint exports
+    back to the HF tensors byte for byte (the weights it trained are the HF ones), and at lr > 0 it moves."""
+    from echo_megatron.checkpoint.hf_export import export_hf
+
+    d, _, src = testbed_hf
+    run = tmp_path / "pt"
+    common = [
+        "pretrain",
+        "recipes/tiny_cpu.yaml",
+        f"checkpoint.load={src}",
+        "train.steps=2",
+        "logging.progress_bar=false",
+    ]
+    cli([*common, f"run_dir={run}", "optimizer.lr=0.0"])
+    export_hf(str(run), str(tmp_path / "exported"))
+    assert safetensors_of(src) == safetensors_of(tmp_path / "exported")
+    loss = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in loss if r["phase"] == "pretrain"] == [1, 2]
