@@ -394,6 +394,8 @@ MEGATRON_MODEL = [
 
 
 def test_our_checkpoints_carry_megatron_lms_tracker(tmp_path):
+    from megatron.core import dist_checkpointing
+
     from echo_megatron.checkpoint import find_checkpoint, save_checkpoint
     from echo_megatron.config import load_config
     from echo_megatron.distributed.init import initialize
@@ -406,6 +408,8 @@ def test_our_checkpoints_carry_megatron_lms_tracker(tmp_path):
     save_checkpoint(str(root), 7, [build_model(cfg, 512)])
     assert (root / "latest_checkpointed_iteration.txt").read_text().strip() == "7"
     assert (root / "latest").read_text().strip() == "iter_0000007"
+    common = dist_checkpointing.load_common_state_dict(str(root / "iter_0000007"))
+    assert (common["iteration"], common["checkpoint_version"]) == (7, 3.0)  # what Megatron-LM's loader reads
     os.remove(root / "latest")  # a tracker alone (as Megatron-LM leaves it) is found too
     assert find_checkpoint(str(root)) == str(root / "iter_0000007")
     (root / "latest_checkpointed_iteration.txt").write_text("3\n")
@@ -455,6 +459,19 @@ def test_a_checkpoint_megatron_lm_wrote_loads(tmp_path, layout):
     assert torch.equal(torch.get_rng_state(), rng)
     want, got = dict(theirs.named_parameters()), dict(ours.named_parameters())
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    # a run directory around it (config.yaml + checkpoints -> the Megatron-LM save dir) serves generate / eval
+    from omegaconf import OmegaConf
+
+    from echo_megatron.rollout.loading import load_policy
+
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(cfg, run / "config.yaml")
+    os.symlink(root, run / "checkpoints")
+    policy = load_policy(str(run), tp=1)
+    assert policy.iteration == (10 if layout == "megatron-lm" else 0)
+    assert torch.equal(policy.model.output_layer.weight, theirs.output_layer.weight)
 
 
 # -- an HF model as the base of RL, Expert Iteration, continued pretraining and eval --------------------------
@@ -527,7 +544,7 @@ def test_eval_of_an_hf_model(testbed_hf):
 
 def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
     """`pretrain checkpoint.load=HF_DIR` takes the HF architecture and tokenizer; at lr 0 its checkpoint exports
-    back to the HF tensors byte for byte (the weights it trained are the HF ones), and at lr > 0 it moves."""
+    back to the HF tensors byte for byte: the weights it trained from are the HF ones."""
     from echo_megatron.checkpoint.hf_export import export_hf
 
     d, _, src = testbed_hf

@@ -20,7 +20,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint.dist import find_checkpoint
-from echo_megatron.checkpoint.hf_import import IMPORT_MARKER, read_import_record
+from echo_megatron.checkpoint.hf_import import IMPORT_MARKER, read_import_record, resolve_hf_dir
 from echo_megatron.config import ConfigError
 from echo_megatron.config.model import ARCHITECTURE_KEYS
 
@@ -66,15 +66,19 @@ def _global_rank() -> int:
 
 
 def _import_in_child(source: str, out: str, tp: int) -> None:
+    """``echo-megatron import-hf SOURCE OUT`` in a fresh process (no launcher variables: one process, its own
+    process group); its one-line refusal becomes ours."""
     env = {
         k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC")
     }
     cmd = [sys.executable, "-m", "echo_megatron", "import-hf", source, out, f"parallel.tp={tp}"]
     print(f"[echo-megatron] importing {source} into {out}", flush=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode == 2:  # a refusal: one line naming the feature
+        line = r.stderr.strip().splitlines()[-1].removeprefix("echo-megatron import-hf: config error: ")
+        raise ConfigError(f"importing {source}: {line}")
     if r.returncode != 0:
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-        raise ConfigError(f"importing {source}: {lines[-1] if lines else f'exit status {r.returncode}'}")
+        raise RuntimeError(f"importing {source} failed ({r.returncode}):\n{r.stderr[-4000:]}")
 
 
 def _wait_for(out: str, source: str, timeout_s: float) -> None:
@@ -93,17 +97,19 @@ def resolve_base(path_or_hf: str, run_dir: str, tp: int = 1, timeout_s: float = 
             return find_checkpoint(path_or_hf)
         except FileNotFoundError as e:
             raise ConfigError(f"{e}; nor is it a transformers model directory or hub id") from None
+    source = os.path.abspath(path_or_hf) if os.path.isdir(path_or_hf) else path_or_hf
     out = os.path.abspath(os.path.join(run_dir, IMPORT_DIR))
     record = read_import_record(out)
     if record is None:
         if _global_rank() == 0:
-            _import_in_child(path_or_hf, out, tp)
+            resolve_hf_dir(source)  # a hub id is fetched (or refused) here, before a child starts
+            _import_in_child(source, out, tp)
         else:
-            _wait_for(out, path_or_hf, timeout_s)
+            _wait_for(out, source, timeout_s)
         record = read_import_record(out)
-    if record is None or record.source != path_or_hf:
+    if record is None or record.source != source:
         raise ConfigError(
-            f"{out} holds an import of {record.source if record else 'nothing'}, not {path_or_hf} "
+            f"{out} holds an import of {record.source if record else 'nothing'}, not {source} "
             f"(remove it or use another run_dir)"
         )
     return find_checkpoint(out)

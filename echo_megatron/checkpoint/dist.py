@@ -136,6 +136,8 @@ def save_checkpoint(
         "has_optimizer": optimizer is not None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
+    sd["iteration"] = iteration  # the two top-level entries Megatron-LM's loader reads (docs/checkpoints.md)
+    sd["checkpoint_version"] = 3.0
     dist_checkpointing.save(sd, tmp)
     maybe_fail("kill_in_save", iteration)
     dist.barrier()
