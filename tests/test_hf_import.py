@@ -307,10 +307,12 @@ def olmo_import(tmp_path_factory, tokenizer_json):
 @pytest.mark.multiproc
 def test_cli_import_then_tp2_logits_equal_hf(olmo_import, tmp_path):
     src, run = olmo_import
+    from echo_megatron.checkpoint.hf_import import import_hf
+
     llama = make_hf(
         tmp_path, "llama", src / "tokenizer.json", num_key_value_heads=2, tie_word_embeddings=True
     )
-    cli(["import-hf", str(llama), str(tmp_path / "llama_run")])
+    import_hf(str(llama), str(tmp_path / "llama_run"))
     report = tmp_path / "report.json"
     args = [str(src), str(run), str(llama), str(tmp_path / "llama_run"), str(report)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
@@ -488,12 +490,15 @@ RL_SMALL = [
 
 @pytest.fixture(scope="module")
 def testbed_hf(tmp_path_factory):
-    """The testbed's prompts and tokenizer, and a tiny random Llama over that tokenizer's vocabulary."""
+    """The testbed's prompts and tokenizer, a tiny random Llama over that tokenizer's vocabulary, and its import
+    (copied into a run dir as ``base_import``, it spares a test the import it would otherwise make on the fly)."""
+    from echo_megatron.checkpoint.hf_import import import_hf
+
     d = tmp_path_factory.mktemp("hf_base")
     tb = [f"testbed.out={d / 'tb'}", "testbed.n_train=200", "testbed.n_test=8"]
     cli(["testbed", "recipes/demo/testbed.yaml", *tb])
     src = make_hf(d, "llama", d / "tb" / "tokenizer.json", num_key_value_heads=2)
-    return d, tb, src
+    return d, tb, src, Path(import_hf(str(src), str(d / "imported")))
 
 
 def _rl_rows(run: Path) -> dict[int, dict]:
@@ -503,7 +508,7 @@ def _rl_rows(run: Path) -> dict[int, dict]:
 
 @pytest.mark.multiproc
 def test_grpo_and_ei_from_an_hf_base(testbed_hf):
-    d, tb, src = testbed_hf
+    d, tb, src, imported_once = testbed_hf
     r = cli(
         ["rl", "recipes/demo/grpo_testbed.yaml", *tb, f"rl.base={src}", f"run_dir={d / 'grpo'}", "rl.steps=2"]
         + RL_SMALL
@@ -518,7 +523,7 @@ def test_grpo_and_ei_from_an_hf_base(testbed_hf):
     assert (cfg.model.normalization, cfg.model.hidden_size, cfg.model.num_query_groups) == ("RMSNorm", 64, 2)
 
     # Expert Iteration from the same HF model; its run dir already holds the import (as after a requeue)
-    shutil.copytree(imported, d / "ei" / "base_import")
+    shutil.copytree(imported_once, d / "ei" / "base_import")
     ei = ["rl.ei_rounds=1", "rl.ei_samples=4", "rl.ei_sft_batch=4", "rl.ei_sft_epochs=1"]
     r = cli(
         ["rl", "recipes/demo/ei_testbed.yaml", *tb, f"rl.base={src}", f"run_dir={d / 'ei'}", *ei] + RL_SMALL
@@ -529,17 +534,20 @@ def test_grpo_and_ei_from_an_hf_base(testbed_hf):
 
 
 def test_eval_of_an_hf_model(testbed_hf):
-    d, tb, src = testbed_hf
+    from echo_megatron.commands.eval import _precheck
+
+    d, tb, src, imported = testbed_hf
     out = d / "eval"
+    shutil.copytree(imported, out / "base_import")
     r = cli(
         ["eval", str(src), "--out", str(out), *tb[:1], "eval.tasks=[testbed]", "eval.max_problems=4"]
         + ["eval.max_new_tokens=16"]
     )
     res = json.loads((out / "eval" / "testbed.json").read_text())
     assert res["num_problems"] == 4 and "testbed" in r.stdout
-    assert (out / "base_import" / "hf_import.json").is_file()
-    r = cli(["eval", str(src), "eval.tasks=[testbed]"], check=False)
-    assert r.returncode == 2 and "needs --out DIR" in r.stderr
+    assert f"# {out / 'base_import' / 'checkpoints' / 'iter_0000000'} (step 0)" in r.stdout
+    with pytest.raises(ConfigError, match="needs --out DIR"):
+        _precheck(str(src), ["eval.tasks=[testbed]"])
 
 
 def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
@@ -547,8 +555,9 @@ def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
     back to the HF tensors byte for byte: the weights it trained from are the HF ones."""
     from echo_megatron.checkpoint.hf_export import export_hf
 
-    d, _, src = testbed_hf
+    d, _, src, imported = testbed_hf
     run = tmp_path / "pt"
+    shutil.copytree(imported, run / "base_import")
     common = [
         "pretrain",
         "recipes/tiny_cpu.yaml",
@@ -561,3 +570,30 @@ def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
     assert safetensors_of(src) == safetensors_of(tmp_path / "exported")
     loss = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in loss if r["phase"] == "pretrain"] == [1, 2]
+
+
+def test_other_ranks_wait_for_rank_0s_import_or_its_refusal(tmp_path, monkeypatch, llama_dir):
+    """Under a launcher, ranks > 0 do not import: they wait for rank 0's finished directory, or fail with its
+    refusal (``base_import.error``)."""
+    from echo_megatron.checkpoint.base import resolve_base
+    from echo_megatron.checkpoint.hf_import import import_hf
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "base_import.error").write_text("importing x: Qwen2ForCausalLM is not supported")
+    with pytest.raises(ConfigError, match="Qwen2ForCausalLM is not supported"):
+        resolve_base(str(llama_dir), str(run), timeout_s=30)
+    os.remove(run / "base_import.error")
+    with pytest.raises(ConfigError, match="rank 0 did not finish"):
+        resolve_base(str(llama_dir), str(run), timeout_s=0)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    import_hf(str(llama_dir), str(run / "base_import"))  # as rank 0 would
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_base(str(llama_dir), str(run)) == str(run / "base_import" / "checkpoints" / "iter_0000000")
+    another = shutil.copytree(llama_dir, tmp_path / "another_hf")
+    with pytest.raises(ConfigError, match="holds an import of"):
+        resolve_base(str(another), str(run))

@@ -82,11 +82,32 @@ def _import_in_child(source: str, out: str, tp: int) -> None:
 
 
 def _wait_for(out: str, source: str, timeout_s: float) -> None:
+    """Poll for rank 0's finished import (its marker) or its refusal (``OUT.error``, newer than this wait)."""
+    start = time.time()
     deadline = time.monotonic() + timeout_s
+    error = out + ".error"
     while not os.path.isfile(os.path.join(out, IMPORT_MARKER)):
+        if os.path.isfile(error) and os.path.getmtime(error) > start - 60:
+            with open(error, encoding="utf-8") as f:
+                raise ConfigError(f.read().strip())
         if time.monotonic() > deadline:
             raise ConfigError(f"importing {source}: rank 0 did not finish {out} within {timeout_s:.0f} s")
         time.sleep(1.0)
+
+
+def _import_on_rank0(source: str, out: str, tp: int) -> None:
+    """Rank 0's import; a refusal is also left in ``OUT.error`` for the ranks waiting on it."""
+    error = out + ".error"
+    if os.path.exists(error):
+        os.remove(error)
+    try:
+        resolve_hf_dir(source)  # a hub id is fetched (or refused) here, before a child starts
+        _import_in_child(source, out, tp)
+    except ConfigError as e:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(error, "w", encoding="utf-8") as f:
+            f.write(str(e))
+        raise
 
 
 def resolve_base(path_or_hf: str, run_dir: str, tp: int = 1, timeout_s: float = 3600.0) -> str:
@@ -102,8 +123,7 @@ def resolve_base(path_or_hf: str, run_dir: str, tp: int = 1, timeout_s: float = 
     record = read_import_record(out)
     if record is None:
         if _global_rank() == 0:
-            resolve_hf_dir(source)  # a hub id is fetched (or refused) here, before a child starts
-            _import_in_child(source, out, tp)
+            _import_on_rank0(source, out, tp)
         else:
             _wait_for(out, source, timeout_s)
         record = read_import_record(out)
