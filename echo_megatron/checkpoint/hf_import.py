@@ -62,16 +62,13 @@ def resolve_hf_dir(path_or_id: str) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(
-            path_or_id,
-            allow_patterns=[
-                "config.json",
-                "*.safetensors",
-                "*.safetensors.index.json",
-                "tokenizer*",
-                "*.model",
-            ],
+        small = ["config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.model"]
+        local = snapshot_download(
+            path_or_id, allow_patterns=[*small, "*.safetensors", "*.safetensors.index.json"]
         )
+        if not glob.glob(os.path.join(local, "*.safetensors")):  # an older repo: torch pickles only
+            local = snapshot_download(path_or_id, allow_patterns=[*small, "pytorch_model*.bin*"])
+        return local
     except Exception as e:  # offline, unknown repo, gated model, ...
         reason = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(
