@@ -25,9 +25,7 @@ class ModelConfig:
     activation: str = "swiglu"  # | gelu
     position_embedding_type: str = "rope"  # | learned_absolute
     rotary_base: int = 10000
-    rope_scaling: Optional[str] = (
-        None  # None | linear (positions / factor) | llama3 (megatron's Llama-3.x rule)
-    )
+    rope_scaling: Optional[str] = None  # None | linear (positions / factor) | llama3 (Llama-3.x frequencies)
     rope_scaling_factor: float = 1.0
     add_bias_linear: bool = False
     untie_embeddings_and_output_weights: bool = True
