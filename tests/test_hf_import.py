@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from argparse import Namespace
@@ -316,14 +317,21 @@ def test_cli_import_then_tp2_logits_equal_hf(olmo_import, tmp_path):
     report = tmp_path / "report.json"
     args = [str(src), str(run), str(llama), str(tmp_path / "llama_run"), str(report)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [*torchrun, f"--master-port={free_port()}", __file__, *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True,  # a hung run is killed with its workers, not just the launcher
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
     diffs = json.loads(report.read_text())
     assert len(diffs) == 2 and all(d < 1e-4 for d in diffs), diffs
 
