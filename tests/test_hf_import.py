@@ -151,8 +151,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_import_matches_hf_and_exports_back_byte_for_byte(case, tokenizer_json, tmp_path):
-    from echo_megatron.checkpoint.hf_export import export_hf
     from echo_megatron.checkpoint.hf_import import import_hf
+    from echo_megatron.commands.export_hf import export_hf
     from echo_megatron.rollout.loading import load_policy
     from echo_megatron.rollout.reference import full_logits
 
@@ -177,7 +177,7 @@ def test_import_matches_hf_and_exports_back_byte_for_byte(case, tokenizer_json, 
     else:
         assert m.hf_vocab_size is None
         assert policy.model.embedding.word_embeddings.weight.shape[0] == hf_vocab
-    ids = tokens(policy.vocab_size)
+    ids = tokens(policy.vocab.size)
     with torch.no_grad():
         ours = full_logits(policy.model, ids)[..., :hf_vocab]
     theirs = hf_logits(src, ids)
@@ -216,7 +216,7 @@ def test_fuse_qkv_inverts_split_qkv():
 )
 def test_vocab_padding_plan(tok, hf, tp, want):
     from echo_megatron.checkpoint.hf_import import plan_vocab
-    from echo_megatron.model.builder import padded_vocab_size
+    from echo_megatron.model.vocab import padded_vocab_size
 
     plan = plan_vocab(tok, hf, tp)
     assert (plan.divisible_by, plan.padded, plan.hf_vocab_size) == want
@@ -379,10 +379,10 @@ def _tp2_logits(src_a: str, run_a: str, src_b: str, run_b: str, report: str) -> 
     diffs = []
     for src, run in ((src_a, run_a), (src_b, run_b)):
         policy = load_policy(run)  # TP = world size = 2
-        assert policy.model.embedding.word_embeddings.weight.shape[0] * 2 == policy.cfg.model.vocab_size
-        ids = tokens(policy.vocab_size, seed=1)
+        assert policy.model.embedding.word_embeddings.weight.shape[0] * 2 == policy.vocab.padded
+        ids = tokens(policy.vocab.size, seed=1)
         with torch.no_grad():
-            ours = full_logits(policy.model, ids)[..., : policy.vocab_size]
+            ours = full_logits(policy.model, ids)[..., : policy.vocab.size]
         diffs.append((ours - hf_logits(Path(src), ids)).abs().max().item())
     if int(os.environ.get("RANK", 0)) == 0:
         Path(report).write_text(json.dumps(diffs))
@@ -561,7 +561,7 @@ def test_eval_of_an_hf_model(testbed_hf):
 def test_continued_pretraining_from_an_hf_model(testbed_hf, tmp_path):
     """`pretrain checkpoint.load=HF_DIR` takes the HF architecture and tokenizer; at lr 0 its checkpoint exports
     back to the HF tensors byte for byte: the weights it trained from are the HF ones."""
-    from echo_megatron.checkpoint.hf_export import export_hf
+    from echo_megatron.commands.export_hf import export_hf
 
     d, _, src, imported = testbed_hf
     run = tmp_path / "pt"

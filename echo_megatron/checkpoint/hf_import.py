@@ -221,7 +221,7 @@ def _two_adic(n: int) -> int:
 
 
 def plan_vocab(tokenizer_vocab: int, hf_vocab: int, tp: int) -> VocabPlan:
-    """Megatron's padded vocabulary = ceil(V_tok / d) * d (``model.builder.padded_vocab_size``, d % tp == 0).
+    """Megatron's padded vocabulary = ceil(V_tok / d) * d (``model.vocab.padded_vocab_size``, d % tp == 0).
 
     Exact when some divisor d of the HF rows, a multiple of lcm(8, tp), exceeds hf_vocab - V_tok (prefer 128, else
     the most powers of two, else the smallest); otherwise d = 128 * k (the smallest that reaches the HF rows) and
