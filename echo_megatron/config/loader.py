@@ -54,9 +54,7 @@ def _recipe_yaml_loader() -> type:
         for first, pairs in base.yaml_implicit_resolvers.items()
     }
     loader = type("RecipeLoader", (base,), {"yaml_implicit_resolvers": resolvers})
-    decimal_int = re.compile(
-        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
-    )
+    decimal_int = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
     loader.add_implicit_resolver("tag:yaml.org,2002:int", decimal_int, list("-+0123456789"))
     return loader
 
