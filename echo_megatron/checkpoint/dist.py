@@ -1,11 +1,16 @@
 """Save and load training state with megatron ``dist_checkpointing`` (torch_dist format).
 
-Layout: ``ROOT/iter_NNNNNNN/`` (one dist_checkpointing directory) and ``ROOT/latest`` (the name of the
-newest complete one). A checkpoint is written to ``iter_NNNNNNN.tmp`` and renamed when every rank has
-finished; ``latest`` is replaced atomically last. A process killed mid-save therefore leaves the previous
-checkpoint as ``latest``. Model and optimizer are sharded tensors, so a checkpoint saved at one TP/PP/DP
-layout loads at another. Scheduler, iteration, consumed samples and the caller's ``state`` are common
-(rank-0) state; RNG states are per-rank objects, restored only when the layout is unchanged.
+Layout: ``ROOT/iter_NNNNNNN/`` (one dist_checkpointing directory), ``ROOT/latest`` (the name of the
+newest complete one) and, beside it, Megatron-LM's tracker ``ROOT/latest_checkpointed_iteration.txt`` (its
+iteration number), so Megatron-LM's tools find our checkpoints; either marker is read. A checkpoint is written
+to ``iter_NNNNNNN.tmp`` and renamed when every rank has finished; the markers are replaced atomically last
+(``latest`` after the tracker). A process killed mid-save therefore leaves the previous checkpoint as
+``latest``. Model and optimizer are sharded tensors, so a checkpoint saved at one TP/PP/DP layout loads at
+another. Scheduler, iteration, consumed samples and the caller's ``state`` are common (rank-0) state; RNG states
+are per-rank objects, restored only when the layout is unchanged.
+
+A checkpoint that Megatron-LM wrote (``torch_dist``: the same model keys, no ``common`` entry) loads too: its
+model weights are read; its optimizer, scheduler and RNG are not (see docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.distributed as dist
 from echo_megatron.faults import maybe_fail
 
 LATEST = "latest"
+TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's marker: the iteration number, or "release"
 
 
 def _layout() -> list[int]:
@@ -130,25 +136,28 @@ def save_checkpoint(
         "has_optimizer": optimizer is not None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
+    sd["iteration"] = iteration  # the two top-level entries Megatron-LM's loader reads (docs/checkpoints.md)
+    sd["checkpoint_version"] = 3.0
     dist_checkpointing.save(sd, tmp)
     maybe_fail("kill_in_save", iteration)
     dist.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_latest(root, os.path.basename(final))
+        _write_atomic(os.path.join(root, TRACKER), str(iteration))
+        _write_atomic(os.path.join(root, LATEST), os.path.basename(final))
         _prune(root, keep_last)
     dist.barrier()
     return final
 
 
-def _write_latest(root: str, name: str) -> None:
-    tmp = os.path.join(root, LATEST + ".tmp")
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(name + "\n")
+        f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(root, LATEST))
+    os.replace(tmp, path)
 
 
 def _prune(root: str, keep_last: int) -> None:
@@ -160,12 +169,18 @@ def _prune(root: str, keep_last: int) -> None:
 
 
 def latest_checkpoint(root: str) -> str | None:
-    """The newest complete checkpoint under ``root`` (via ``latest``), or None."""
-    marker = os.path.join(root, LATEST)
-    if not os.path.isfile(marker):
+    """The newest complete checkpoint under ``root`` (via ``latest``, else Megatron-LM's tracker), or None."""
+    marker, tracker = os.path.join(root, LATEST), os.path.join(root, TRACKER)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            name = f.read().strip()
+    elif os.path.isfile(tracker):
+        with open(tracker) as f:
+            text = f.read().strip()
+        name = "release" if text == "release" else os.path.basename(checkpoint_dir(root, int(text)))
+    else:
         return None
-    with open(marker) as f:
-        path = os.path.join(root, f.read().strip())
+    path = os.path.join(root, name)
     return path if os.path.isdir(path) else None
 
 
@@ -179,14 +194,26 @@ def find_checkpoint(path: str) -> str:
             return found
     raise FileNotFoundError(
         f"no checkpoint at {path} (expected an iter_NNNNNNN dir, a checkpoints dir with "
-        f"'latest', or a run dir)"
+        f"'latest' or '{TRACKER}', or a run dir)"
     )
 
 
 def read_common_state(path: str) -> dict:
+    """Our common state of the checkpoint at ``path``; for one Megatron-LM wrote (no ``common`` entry), its
+    iteration with no layout (so no RNG is restored) and no optimizer or scheduler state to load."""
     from megatron.core import dist_checkpointing
 
-    return dist_checkpointing.load_common_state_dict(path)["common"]
+    state = dist_checkpointing.load_common_state_dict(path)
+    if "common" in state:
+        return state["common"]
+    return {
+        "iteration": int(state.get("iteration", 0)),
+        "layout": None,
+        "state": {},
+        "has_optimizer": False,
+        "scheduler": None,
+        "writer": "megatron-lm",
+    }
 
 
 def _materialize_distributed_optimizer_state(optimizer) -> None:

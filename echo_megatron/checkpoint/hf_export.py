@@ -9,9 +9,12 @@ HF's ``rotate_half``), so only the fused matrices need rearranging:
 * ``linear_fc1`` with SwiGLU: [gate ; up] stacked (megatron's glu: silu(first half) * second half).
 
 The vocabulary keeps megatron's padding (``vocab_size`` = the padded size), so the exported model computes
-the same logits, and log-probs, as ours; the tokenizer never produces the padding ids. The command
-(``commands/export_hf.py``) loads the checkpoint at TP = 1, PP = 1 in one process (dist_checkpointing reshards
-any saved layout) and hands the model here.
+the same logits, and log-probs, as ours; the tokenizer never produces the padding ids. A model imported with
+``import-hf`` whose HF embedding megatron had to pad further (``model.hf_vocab_size``) is sliced back to the
+source's rows, so import -> export gives the source's tensors byte for byte. RoPE scaling (``model.rope_scaling``)
+is written as transformers' ``linear`` / ``llama3`` rope parameters. The command (``commands/export_hf.py``)
+loads the checkpoint at TP = 1, PP = 1 in one process (dist_checkpointing reshards any saved layout) and hands
+the model here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def hf_architecture(model_cfg) -> str:
         problems.append(f"model.activation={m.activation} (both targets use SwiGLU)")
     if m.position_embedding_type != "rope":
         problems.append(f"model.position_embedding_type={m.position_embedding_type} (both targets use RoPE)")
+    if m.rope_scaling is not None and m.normalization != "RMSNorm":
+        problems.append(f"model.rope_scaling={m.rope_scaling} (OLMo has no RoPE scaling; Llama does)")
     if m.normalization == "NonParametricLayerNorm":
         if m.add_bias_linear:
             problems.append("model.add_bias_linear=true (OLMo has no MLP biases)")
@@ -51,14 +56,25 @@ def hf_architecture(model_cfg) -> str:
     return arch
 
 
-def hf_config(model_cfg, padded_vocab: int, eod_id: int, pad_id: int, dtype: torch.dtype):
-    """The ``transformers`` config matching ``cfg.model``."""
+def rope_parameters(model_cfg) -> dict:
+    """transformers' ``rope_parameters`` for ``model.rotary_base`` / ``model.rope_scaling``."""
+    m = model_cfg
+    params: dict = {"rope_type": m.rope_scaling or "default", "rope_theta": float(m.rotary_base)}
+    if m.rope_scaling is not None:
+        params["factor"] = float(m.rope_scaling_factor)
+    if m.rope_scaling == "llama3":  # megatron-core's fixed constants (RotaryEmbedding._apply_scaling)
+        params.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+    return params
+
+
+def hf_config(model_cfg, vocab_size: int, eod_id: int, pad_id: int, dtype: torch.dtype):
+    """The ``transformers`` config matching ``cfg.model`` (``vocab_size``: the embedding rows written)."""
     from transformers import LlamaConfig, OlmoConfig
 
     m = model_cfg
     arch = hf_architecture(m)
     common = dict(
-        vocab_size=padded_vocab,
+        vocab_size=vocab_size,
         hidden_size=m.hidden_size,
         intermediate_size=m.ffn_hidden_size or 4 * m.hidden_size,
         num_hidden_layers=m.num_layers,
@@ -67,7 +83,7 @@ def hf_config(model_cfg, padded_vocab: int, eod_id: int, pad_id: int, dtype: tor
         hidden_act="silu",
         max_position_embeddings=m.seq_length,
         initializer_range=m.init_method_std,
-        rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)},
+        rope_parameters=rope_parameters(m),
         attention_bias=bool(m.add_bias_linear),
         tie_word_embeddings=not m.untie_embeddings_and_output_weights,
         bos_token_id=None,
@@ -99,9 +115,10 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], model_cfg) -> dict[str, torch.
     """Megatron GPTModel state dict (TP = 1; local or TransformerEngine layer spec) -> HF Llama/OLMo state dict."""
     m = model_cfg
     heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"]}
+    rows = slice(None, m.hf_vocab_size)  # an import's source rows, when megatron padded further
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][rows]}
     if m.untie_embeddings_and_output_weights:
-        out["lm_head.weight"] = sd["output_layer.weight"]
+        out["lm_head.weight"] = sd["output_layer.weight"][rows]
     rms = m.normalization == "RMSNorm"  # OLMo's LayerNorm has no weights (TE's frozen ones are dropped)
     if rms:
         out["model.norm.weight"] = sd["decoder.final_layernorm.weight"]
@@ -149,8 +166,8 @@ def build_hf_model(model, model_cfg, eod_id: int, pad_id: int, dtype: torch.dtyp
     from transformers import AutoModelForCausalLM
 
     sd = megatron_state_dict(model)
-    padded_vocab = sd["embedding.word_embeddings.weight"].shape[0]
-    config = hf_config(model_cfg, padded_vocab, eod_id, pad_id, dtype)
+    vocab_size = model_cfg.hf_vocab_size or sd["embedding.word_embeddings.weight"].shape[0]
+    config = hf_config(model_cfg, vocab_size, eod_id, pad_id, dtype)
     hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {k: v.to(dtype) for k, v in to_hf_state_dict(sd, model_cfg).items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "pass@1 / pass@k / maj@k per task and per output format"),
     "report": ("report", "HTML report and plots from run directories"),
     "export-hf": ("export_hf", "export a checkpoint to a HuggingFace transformers model"),
+    "import-hf": ("import_hf", "import a HuggingFace transformers model (Llama, OLMo) as a run directory"),
     "demo": ("demo", "the whole study on the embedded testbed, on CPU, in minutes"),
     "submit": ("submit", "render and submit sbatch jobs for a recipe, pipeline or sweep"),
     "status": ("status", "show where each stage of a run directory is"),

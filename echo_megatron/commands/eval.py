@@ -64,18 +64,18 @@ def format_result(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _precheck(path: str, overrides: list[str]):
-    """The run config with the overrides, checked before any model is built (cheap, clear errors)."""
-    from echo_megatron.checkpoint import find_checkpoint
+def _precheck(path: str, overrides: list[str], out: str | None = None):
+    """The run config with the overrides, checked before any model is built (cheap, clear errors).
+    A transformers model (directory or hub id) is imported into OUT/base_import first."""
+    from echo_megatron.checkpoint.base import is_hf_model, resolve_base
     from echo_megatron.config import ConfigError, load_config
     from echo_megatron.eval.run import check_eval_config, task_path
     from echo_megatron.eval.tasks import load_task
     from echo_megatron.rollout.loading import run_config_path
 
-    try:
-        ckpt = find_checkpoint(path)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    if is_hf_model(path) and not out:
+        raise ConfigError(f"{path}: evaluating a transformers model needs --out DIR (it is imported there)")
+    ckpt = resolve_base(path, out or ".")
     cfg = load_config(run_config_path(ckpt), overrides)
     if not cfg.data.tokenizer.path:
         raise ConfigError(
@@ -89,7 +89,7 @@ def _precheck(path: str, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    ckpt, _ = _precheck(args.checkpoint, list(args.overrides))
+    ckpt, _ = _precheck(args.checkpoint, list(args.overrides), args.out)
 
     import torch.distributed as dist
 

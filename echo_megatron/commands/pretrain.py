@@ -13,11 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from echo_megatron.checkpoint.base import adopt_base_architecture, resolve_base
     from echo_megatron.distributed.init import destroy
     from echo_megatron.model.runtime import resolve_runtime
     from echo_megatron.training.loop import pretrain, with_train_steps
 
     cfg = load_from_args(args)
+    if cfg.checkpoint.load:  # continued pretraining: the base's architecture (an HF model is imported first)
+        cfg.checkpoint.load = resolve_base(cfg.checkpoint.load, cfg.run_dir, cfg.parallel.tp)
+        cfg = adopt_base_architecture(cfg, cfg.checkpoint.load)
     resolve_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
     # train.epochs resolved here: an unpreprocessed mixture exits 2 before any process group starts
     if cfg.train.epochs is not None:

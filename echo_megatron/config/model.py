@@ -19,11 +19,14 @@ class ModelConfig:
     seq_length: int = 256
     vocab_size: int = 32000  # set from the tokenizer when data.tokenizer is given
     make_vocab_size_divisible_by: int = 128
+    hf_vocab_size: Optional[int] = None  # import-hf: the source's embedding rows when megatron pads further
     normalization: str = "NonParametricLayerNorm"  # | LayerNorm | RMSNorm
     layernorm_epsilon: float = 1e-5
     activation: str = "swiglu"  # | gelu
     position_embedding_type: str = "rope"  # | learned_absolute
     rotary_base: int = 10000
+    rope_scaling: Optional[str] = None  # None | linear (positions / factor) | llama3 (Llama-3.x frequencies)
+    rope_scaling_factor: float = 1.0
     add_bias_linear: bool = False
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
@@ -35,6 +38,29 @@ class ModelConfig:
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     recompute: bool = False  # full-layer activation recompute (saves memory, costs ~33% compute)
+
+
+# The fields that fix the weights' shapes and the function they compute: a run that starts from a checkpoint
+# takes them from the checkpoint's own config (seq_length too, with learned position embeddings).
+ARCHITECTURE_KEYS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "ffn_hidden_size",
+    "vocab_size",
+    "make_vocab_size_divisible_by",
+    "hf_vocab_size",
+    "normalization",
+    "layernorm_epsilon",
+    "activation",
+    "position_embedding_type",
+    "rotary_base",
+    "rope_scaling",
+    "rope_scaling_factor",
+    "add_bias_linear",
+    "untie_embeddings_and_output_weights",
+)
 
 
 @dataclass

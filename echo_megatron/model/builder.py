@@ -148,6 +148,7 @@ def build_model(
         position_embedding_type=cfg.model.position_embedding_type,
         rotary_base=cfg.model.rotary_base,
         vp_stage=vp_stage,
+        **rope_scaling_kwargs(cfg.model),
     )
     if tc.params_dtype != torch.float32:
         # Some modules ignore params_dtype (learned position embeddings are a plain torch Embedding): cast the
@@ -159,6 +160,22 @@ def build_model(
     ):
         freeze_te_norm_params(model)
     return model
+
+
+def rope_scaling_kwargs(m: DictConfig) -> dict:
+    """GPTModel's RoPE-scaling arguments for ``model.rope_scaling``: ``linear`` divides positions by the factor
+    (megatron's ``seq_len_interpolation_factor``); ``llama3`` is megatron's Llama-3.x frequency rule (low / high
+    frequency factors 1 / 4 over an original context of 8192, as Llama 3.1 / 3.2 ship)."""
+    from echo_megatron.config.loader import ConfigError
+
+    kind = m.rope_scaling
+    if kind is None:
+        return {}
+    if kind == "linear":
+        return {"seq_len_interpolation_factor": float(m.rope_scaling_factor)}
+    if kind == "llama3":
+        return {"rope_scaling": True, "rope_scaling_factor": float(m.rope_scaling_factor)}
+    raise ConfigError(f"model.rope_scaling: unknown value '{kind}' (null | linear | llama3)")
 
 
 def freeze_te_norm_params(model: torch.nn.Module) -> None:
