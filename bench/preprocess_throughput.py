@@ -1,134 +1,238 @@
-"""Preprocess throughput: tokens/s of the parallel path (N worker processes) vs the single-process loop.
+"""Preprocess throughput and memory on a generated multi-shard corpus: tokens/s per core, the speed-up of N worker
+processes over one, and peak memory against corpus size.
 
-Both runs tokenize the same corpus (the shared OpenMathInstruct-2 and TinyGSM samples repeated to ~7M OLMo
-tokens, or --input) with the same code (``echo_megatron.data.preprocess.write_source``); only
-``num_workers`` differs. Prints one ratio line; the target on 2 cores is >= 1.8x.
+The corpus is generated (JSON Lines of question/solution documents in ``--file-mb`` files, one shard each), so
+nothing outside the repo is read. Each run is ``echo_megatron.data.preprocess.preprocess`` in a fresh process
+(imports done before the clock starts); the bench samples the memory of that process and its workers every
+0.2 s as the sum of their PSS (proportional set size: pages the forked workers share with the main process are
+counted once, so the sum is what the node holds). Runs:
 
-    python bench/preprocess_throughput.py [--workers 2] [--repeat 12] [--input FILE.jsonl --type omi2]
+    1 worker  on the first --small-gb              tokens/s per core
+    N workers on the first --small-gb              ratio N workers / 1 worker (target >= 1.8x with 2 on 2 cores)
+    N workers on the whole corpus (--size-gb)      peak memory flat in corpus size (within 1.25x of the small run)
+
+and checks that the 1- and N-worker shards are byte-identical. The tokenizer is OLMo-1's (the paper's, found by
+``load_tokenizer`` as for the recipes) or, when it is not available, a 32k byte-level BPE trained here.
+
+    python bench/preprocess_throughput.py              # 1 GB in 16 x 64 MB files (~12 min on 2 idle cores)
+    python bench/preprocess_throughput.py --quick      # 16 MB in 4 x 4 MB files (~1 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
-import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "tests" / "data" / "sft_samples"  # real samples shipped with the tests (gzip JSONL)
+OLMO = "allenai/gpt-neox-olmo-dolma-v1_5"
+WORDS = (
+    "the of and a to in is that for it as with was on be by this are from at or an which we have one all if "
+    "let find number value total each more less than twice half sum product difference equal equals solve "
+    "answer therefore so then since because integer prime factor divisor remainder fraction ratio percent "
+    "apples pears books students tickets minutes hours miles dollars cents price cost bought sold left "
+    "triangle circle radius area perimeter angle side length width height volume square cube root"
+).split()
+MATH = [
+    "$x$",
+    "$y^2$",
+    "$\\frac{a}{b}$",
+    "$2x+3=7$",
+    "$\\sqrt{n}$",
+    "$\\pi r^2$",
+    "=",
+    "+",
+    "-",
+    "\\times",
+    "\\boxed{",
+]
 
 
-def sample_lines(name: str) -> list[str]:
-    """The lines of ``tests/data/sft_samples/<name>.jsonl.gz``."""
-    import gzip
-
-    with gzip.open(SAMPLES / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
-
-
-def unpacked_tokenizer(tmp: Path) -> Path:
-    """The OLMo-1 tokenizer shipped (gzip) in tests/data, unpacked into ``tmp``."""
-    import gzip
-
-    src = REPO / "tests" / "data" / "tokenizers" / "allenai_gpt-neox-olmo-dolma-v1_5.json.gz"
-    dst = tmp / "olmo_tokenizer.json"
-    with gzip.open(src, "rb") as fin:
-        dst.write_bytes(fin.read())
-    return dst
+def documents(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` JSON lines of question/solution documents (words, numbers, a little LaTeX)."""
+    lines = []
+    for _ in range(n):
+        k = int(rng.integers(20, 120))
+        toks = rng.choice(WORDS, size=k).tolist()
+        for j in rng.integers(0, k, size=k // 6):
+            toks[int(j)] = str(int(rng.integers(0, 10_000)))
+        for j in rng.integers(0, k, size=k // 12):
+            toks[int(j)] = MATH[int(rng.integers(0, len(MATH)))]
+        cut = k // 4
+        lines.append(
+            json.dumps({"question": " ".join(toks[:cut]) + "?", "solution": " ".join(toks[cut:]) + "."})
+        )
+    return lines
 
 
-def corpus(tmp: Path, repeat: int) -> Path:
-    """The two real samples as one testbed-schema JSONL, repeated ``repeat`` times."""
-    import json
+def make_corpus(root: Path, size_gb: float, file_mb: int, seed: int = 0) -> list[Path]:
+    """Files of ``file_mb`` MB adding up to ``size_gb`` GB (kept: a rerun with the same sizes reuses them)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pool = documents(
+        rng, 20_000
+    )  # sampled with replacement: tokenizers cache nothing, so repeats cost the same
+    n_files = max(1, round(size_gb * 1024 / file_mb))
+    files = []
+    for f in range(n_files):
+        path = root / f"part-{f:05d}.jsonl"
+        files.append(path)
+        if path.exists() and path.stat().st_size >= file_mb << 20:
+            continue
+        with open(path, "w", encoding="utf-8") as out:
+            written = 0
+            while written < file_mb << 20:
+                chunk = "\n".join(pool[i] for i in rng.integers(0, len(pool), size=2000)) + "\n"
+                out.write(chunk)
+                written += len(chunk)
+    return files
 
-    rows = []
-    for line in sample_lines("openmathinstruct2_sample1000"):
-        r = json.loads(line)
-        rows.append(json.dumps({"question": r["problem"], "solution": r["generated_solution"]}))
-    for line in sample_lines("tinygsm_style_gpt41_sample1000"):
-        r = json.loads(line)
-        rows.append(json.dumps({"question": r["user"], "solution": r["assistant"]}))
-    path = tmp / "corpus.jsonl"
-    path.write_text("\n".join(rows * repeat) + "\n")
-    return path
+
+def tokenizer_path(work: Path) -> str:
+    """OLMo's tokenizer if ``load_tokenizer`` finds it (ECHO_TOKENIZER_DIR, the hub), else a 32k BPE trained here."""
+    from echo_megatron.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    try:
+        return load_tokenizer(argparse.Namespace(path=OLMO, eod=None, pad=None)).path
+    except Exception:
+        path = work / "bpe32k.json"
+        if not path.exists():
+            texts = (json.loads(line)["solution"] for line in documents(np.random.default_rng(1), 20_000))
+            save_tokenizer(train_tokenizer(texts, "bpe", 32_000), str(path))
+        return str(path)
 
 
-def run(path: Path, type_: str, tokenizer, workers: int, out: Path, chunk: int) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of this process and its workers, tokens) of one preprocess of ``path``."""
-    from echo_megatron.data.preprocess import SourcePlan, write_source
-    from echo_megatron.data.sources import get_spec
+# -- one measured run, in a fresh process ----------------------------------------------------------------------
+def child(args: argparse.Namespace) -> None:
+    """``--child``: preprocess ``--files`` with ``--workers`` processes; print one JSON line of figures."""
+    import resource
+    import warnings
 
-    src = SimpleNamespace(
-        path=str(path), max_docs=None, hf_id=None, hf_config=None, split=None, revision=None
+    warnings.filterwarnings("ignore")  # megatron's CPU import notices
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401  (import not timed)
+
+    from echo_megatron.config import load_config
+    from echo_megatron.data.preprocess import preprocess
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    cfg = load_config(None, [
+        f"data.tokenizer.path={args.tokenizer}", f"data.indexed_dir={args.out}", f"data.num_workers={args.workers}",
+        "data.sources.bench.type=testbed", f"data.sources.bench.data_files={json.dumps(args.files)}",
+        "data.progress_interval=1e9",
+    ])  # fmt: skip
+    t0, cpu0 = time.perf_counter(), _cpu(resource)
+    (m,), _ = preprocess(cfg, log=lambda s: None, progress_out=open(os.devnull, "w"))
+    wall, cpu = time.perf_counter() - t0, _cpu(resource) - cpu0
+    print(
+        json.dumps(
+            {"tokens": m["tokens"], "docs": m["docs"], "wall": wall, "cpu": cpu, "shards": m["num_shards"]}
+        )
     )
-    plan = SourcePlan("bench", get_spec("bench", type_), src, str(out / f"w{workers}"))
-    cpu0 = _cpu()
-    t0 = time.perf_counter()
-    m = write_source(plan, tokenizer, num_workers=workers, chunk_docs=chunk, revision="bench")
-    return time.perf_counter() - t0, _cpu() - cpu0, m["tokens"]
 
 
-def _cpu() -> float:
+def _cpu(resource) -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(files: list[Path], workers: int, tokenizer: str, out: Path) -> dict:
+    """Run the child; its figures plus the peak memory (sum of PSS) of its process tree (MB)."""
+    import psutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, __file__, "--child", "--workers", str(workers), "--tokenizer", tokenizer,
+           "--out", str(out), "--files", *map(str, files)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    text = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}")
+    result = json.loads(text.strip().splitlines()[-1])
+    result["peak_mb"] = peak / 2**20
+    result["digest"] = hashlib.sha256(
+        b"".join(p.read_bytes() for p in sorted(out.rglob("shard_*.bin")))
+    ).hexdigest()
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--size-gb", type=float, default=1.0, help="the whole corpus")
+    ap.add_argument("--small-gb", type=float, default=0.25, help="the smaller corpus of the RSS comparison")
+    ap.add_argument("--file-mb", type=int, default=64, help="size of one input file (= one shard)")
     ap.add_argument(
-        "--repeat", type=int, default=12, help="copies of the 2,000 sample documents (~7M tokens)"
+        "--quick", action="store_true", help="--size-gb 0.015625 --small-gb 0.0078125 --file-mb 4"
     )
-    ap.add_argument("--chunk", type=int, default=256, help="documents per work item (data.chunk_docs)")
-    ap.add_argument("--trials", type=int, default=2, help="alternating single/parallel trials (best of each)")
-    ap.add_argument("--input", type=Path, help="a JSONL source instead of the real samples")
-    ap.add_argument("--type", default="testbed", help="its source type (registry entry)")
+    ap.add_argument("--work", type=Path, help="where the corpus is generated and kept (default: a temp dir)")
     ap.add_argument(
-        "--tokenizer", help="a tokenizers JSON file (default: the OLMo-1 tokenizer in tests/data)"
+        "--tokenizer", help="a tokenizers JSON file (default: OLMo-1's, else a 32k BPE trained here)"
     )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--files", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the single-process loop must really use one core
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401  (import cost not timed)
-
-    from echo_megatron.data.tokenizer import load_tokenizer
-
-    tmp = Path(tempfile.mkdtemp(prefix="echo_bench_"))
+    if args.child:
+        return child(args)
+    if args.quick:
+        args.size_gb, args.small_gb, args.file_mb = 0.015625, 0.0078125, 4
+    work = args.work or Path(tempfile.mkdtemp(prefix="echo_bench_"))
     try:
-        tok_path = args.tokenizer or str(unpacked_tokenizer(tmp))
-        tok = load_tokenizer(SimpleNamespace(path=tok_path, eod=None, pad=None))
-        path = args.input or corpus(tmp, args.repeat)
-        load0 = os.getloadavg()[0]
-        best: dict[int, tuple[float, float, int]] = {}
-        for _ in range(args.trials):  # alternate, keep each side's fastest: neighbours' load hits both alike
-            for w in (1, args.workers):
-                r = run(path, args.type, tok, w, tmp, args.chunk)
-                best[w] = min(best.get(w, r), r)
-        (s_time, s_cpu, s_tokens), (p_time, p_cpu, p_tokens) = best[1], best[args.workers]
-        assert s_tokens == p_tokens
-        same = (tmp / "w1.bin").read_bytes() == (tmp / f"w{args.workers}.bin").read_bytes()
-        single, parallel = s_tokens / s_time, p_tokens / p_time
+        t0 = time.perf_counter()
+        files = make_corpus(work / "corpus", args.size_gb, args.file_mb)
+        small = files[: max(1, round(args.small_gb * 1024 / args.file_mb))]
+        tok = args.tokenizer or tokenizer_path(work)
+        gb = lambda fs: sum(f.stat().st_size for f in fs) / 2**30  # noqa: E731
+        print(f"corpus: {gb(files):.2f} GB in {len(files)} files of {args.file_mb} MB (one shard each), "
+              f"generated in {time.perf_counter() - t0:.0f}s; tokenizer {Path(tok).name}; cpus {os.cpu_count()}")  # fmt: skip
+        load0 = os.getloadavg()
+        one = measure(small, 1, tok, work / "out1")
+        many = measure(small, args.workers, tok, work / "outN")
+        full = measure(files, args.workers, tok, work / "outF")
+        load1 = os.getloadavg()
         print(
-            f"corpus: {s_tokens:,} tokens ({path.name}), tokenizer {Path(args.tokenizer).name}, cpus {os.cpu_count()}"
+            f"load average (1/5/15 min) before: {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
+            f"after: {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} (other processes share the cores)"
+        )
+        rate1, rateN = one["tokens"] / one["wall"], many["tokens"] / many["wall"]
+        print(
+            f"single process: {rate1:,.0f} tokens/s ({one['tokens']:,} tokens, {one['docs']:,} docs in "
+            f"{one['shards']} shards, {one['wall']:.1f}s, {one['cpu'] / one['wall']:.2f} cores busy); "
+            f"{one['tokens'] / one['cpu']:,.0f} tokens per CPU-second"
         )
         print(
-            f"load average before/after: {load0:.1f} / {os.getloadavg()[0]:.1f} (other processes share the cores)"
-        )
-        print(f"single process: {single:,.0f} tokens/s ({s_time:.2f}s, using {s_cpu / s_time:.2f} cores)")
-        print(
-            f"{args.workers} workers: {parallel:,.0f} tokens/s ({p_time:.2f}s, using {p_cpu / p_time:.2f} cores), "
-            f"identical output: {same}"
+            f"{args.workers} workers: {rateN:,.0f} tokens/s ({many['wall']:.1f}s, {many['cpu'] / many['wall']:.2f} "
+            f"cores busy), identical shards: {one['digest'] == many['digest']}; whole corpus "
+            f"{full['tokens'] / full['wall']:,.0f} tokens/s ({full['tokens']:,} tokens in {full['shards']} shards, "
+            f"{full['wall']:.1f}s)"
         )
         print(
-            f"ratio parallel/single: {parallel / single:.2f}x (target >= 1.8x on 2 cores; best of {args.trials} "
-            f"alternating trials)"
+            f"peak memory (PSS of main + {args.workers} workers): {gb(small):.2f} GB corpus {many['peak_mb']:,.0f} MB, "
+            f"{gb(files):.2f} GB corpus {full['peak_mb']:,.0f} MB (x{full['peak_mb'] / many['peak_mb']:.2f}; "
+            f"flat = within 1.25x); 1 worker {one['peak_mb']:,.0f} MB"
+        )
+        print(
+            f"ratio {args.workers} workers/single: {rateN / rate1:.2f}x (target >= 1.8x with 2 workers on 2 cores)"
         )
     finally:
-        shutil.rmtree(tmp)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ terms as ``probe: value``. A probe is
     @params | @tokenizer.FIELD | @padded_vocab.tpN | @source.NAME.FIELD
                                     derived from a recipe: parameters of the model it trains (the tokenizer's
                                     vocabulary), tokenizer facts (vocab_size, eod_id, digits_split, adds_bos), the
-                                    padded vocabulary at TP N, a source's effective registry field
+                                    padded vocabulary at TP N, a source's selection (hf_id, variant, splits, globs, hf_config)
     sweep:GRID::@axis.A | @runs | @values.KEY | dotted.key
                                     a grid: the labels of axis A (sorted), the number of runs, the values KEY takes
                                     over the runs (sorted), a key of the first run's resolved config
@@ -159,15 +159,18 @@ def _derived(recipe: str, what: str) -> Any:
         tp = int(what.removeprefix("@padded_vocab.tp"))
         return padded_vocab_size(_tokenizer(recipe).vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
     if what.startswith("@source."):
-        from echo_megatron.data.sources import REGISTRY
+        from omegaconf import OmegaConf
+
+        from echo_megatron.config.data import SourceConfig
+        from echo_megatron.data.sources import select
 
         name, attr = what.removeprefix("@source.").rsplit(".", 1)
-        own = cfg.data.sources.get(name)
-        value = getattr(own, attr, None) if own is not None else None
-        if value is None:
-            spec = REGISTRY[(own.type if own is not None and own.type else None) or name]
-            value = getattr(spec, attr)
-        return value
+        own = cfg.data.sources.get(name) or OmegaConf.structured(SourceConfig)  # a registry source not mixed in
+        chosen = select(name, own)  # registry entry + the recipe's keys
+        if attr == "hf_id":
+            return own.hf_id or chosen.spec.hf_id
+        value = getattr(chosen, attr)  # variant | splits | globs | hf_config
+        return list(value) if isinstance(value, tuple) else value
     raise ValueError(f"unknown probe {what}")
 
 

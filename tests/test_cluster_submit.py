@@ -132,6 +132,33 @@ def test_rendered_variants_pass_shellcheck(tmp_path, overrides):
         assert 'scontrol requeue "$SLURM_JOB_ID"' not in script
 
 
+@pytest.mark.parametrize("cpus", [None, 48])
+def test_preprocess_is_a_job_array_of_one_node_tasks_without_torchrun(tmp_path, cpus):
+    """`submit RECIPE --command preprocess --nodes 4`: 4 one-node array tasks, task I = --shard-index I of 4."""
+    paper = os.path.join(REPO, "recipes", "paper", "150m_tg+omi1+omi2.yaml")
+    extra = [] if cpus is None else [f"cluster.cpus_per_task={cpus}"]
+    _, _, (r,) = prepare(paper, extra, "preprocess", ["cluster.nodes=4"])
+    script = r.script
+    _shellcheck(script, tmp_path)
+    assert r.job.is_array and [t.shard for t in r.job.tasks] == [(i, 4) for i in range(4)]
+    for line in (
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --array=0-3",
+        "#SBATCH --exclusive",
+    ):
+        assert line in script, line
+    for i in range(4):
+        assert f"  {i}) ARGS=('{r.job.tasks[i].config.run_dir}/slurm/preprocess.{i}.yaml' '--shard-index' '{i}' " \
+               f"'--num-shards' '4') ;;" in script  # fmt: skip
+    assert (
+        "torch.distributed.run" not in script and "torchrun" not in script and "--gpus-per-node" not in script
+    )
+    cpus_flag = '--cpus-per-task="$SLURM_CPUS_ON_NODE"' if cpus is None else f"--cpus-per-task={cpus}"
+    assert f'LAUNCH=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 {cpus_flag}' in script
+    assert r.job.tasks[0].config.data.num_workers == -1  # the paper recipes: one worker per CPU of the task
+
+
 def test_cpu_recipes_request_no_gpus():
     _, _, rendered = prepare(TINY, ["cluster.gpus_per_node=2"], "pretrain")
     assert "--gpus-per-node" not in rendered[0].script

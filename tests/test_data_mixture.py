@@ -30,6 +30,7 @@ from echo_megatron.data.mixture import (
     resolve_blend,
     resolve_train_steps,
 )
+from echo_megatron.data.shards import read_manifest, shard_prefixes, source_of_prefix
 from echo_megatron.data.sources import detect_format
 from echo_megatron.data.tokenizer import load_tokenizer
 
@@ -65,7 +66,7 @@ def expected_weights(cfg) -> list[float]:
     """w_i = m_i P_i / sum_j m_j P_j, computed here from the raw index files."""
     per_pass = []
     for name in MULTS:
-        index = IndexedDataset(f"{cfg.data.indexed_dir}/{name}")  # keep it open while its lengths are read
+        index = IndexedDataset(f"{cfg.data.indexed_dir}/{name}/shard_00000")  # one shard per testbed file
         lengths = np.array(index.sequence_lengths)
         end = int(round(0.99 * len(lengths)))  # data.split 99,1,0
         L = cfg.model.seq_length
@@ -84,7 +85,7 @@ def test_sampled_proportions_match_the_weights_within_1pct(prepared, tmp_path, a
     extra = {"loss_on": "solution"} if aligned else {}
     blend, train, tok = build(cfg, tmp_path, cls, config_cls, **extra)
     weights = [w for _, w in blend]
-    assert [p.rsplit("/", 1)[1] for p, _ in blend] == list(MULTS)
+    assert [source_of_prefix(p) for p, _ in blend] == list(MULTS)
     assert np.allclose(weights, expected_weights(cfg), atol=1e-12)
     n = 10_000
     ids = np.array([int(train[i]["dataset_id"]) for i in range(n)])
@@ -126,11 +127,15 @@ def test_train_epochs_is_the_floor_of_the_repeat_expanded_mixture(prepared):  # 
     cfg, out = prepared
     cfg = with_mults(cfg, aligned=False)  # packed rows: P_i = (train tokens - 1) // L
     cfg.train.steps, cfg.train.epochs = None, 1.0
-    per_pass = []
+    per_pass = []  # P_i = sum over the source's shards of (train tokens - 1) // L, each shard split on its own
     for name in MULTS:
-        index = IndexedDataset(f"{cfg.data.indexed_dir}/{name}")
-        lengths = np.array(index.sequence_lengths)
-        per_pass.append((int(lengths[: int(round(0.99 * len(lengths)))].sum()) - 1) // cfg.model.seq_length)
+        directory = f"{cfg.data.indexed_dir}/{name}"
+        p_i = 0
+        for prefix in shard_prefixes(directory, read_manifest(directory)):
+            index = IndexedDataset(prefix)  # held while its lengths are copied out
+            lengths = np.array(index.sequence_lengths)
+            p_i += (int(lengths[: int(round(0.99 * len(lengths)))].sum()) - 1) // cfg.model.seq_length
+        per_pass.append(p_i)
     epoch = int(np.ceil(sum(m * p for m, p in zip(MULTS.values(), per_pass))))
     mix = plan_mixture(cfg)
     assert mix.epoch_samples == epoch and mix.epochs == 1.0
@@ -211,7 +216,7 @@ def test_aligned_item_is_the_document_from_position_zero(prepared, tmp_path):  #
     cfg = with_mults(cfg, aligned=True, steps=10)
     _, train, tok = build(cfg, tmp_path, DocumentAlignedDataset, AlignedDatasetConfig, loss_on="solution")
     ds = train.datasets[0]
-    plens = np.load(f"{cfg.data.indexed_dir}/tb_code.prompt_len.npy")
+    plens = np.load(f"{cfg.data.indexed_dir}/tb_code/shard_00000.prompt_len.npy")
     L = cfg.model.seq_length
     whole = cut = 0
     for i in range(40):

@@ -1,9 +1,9 @@
-"""Preprocess: .bin/.idx round trip, prompt-length sidecar, idempotence, rebuilds, workers-invariance."""
+"""Preprocess: .bin/.idx round trip, prompt-length sidecar, idempotence, rebuilds, workers-invariance (sharding,
+resume after kill -9 and several tasks are in test_data_shards.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 from echo_testing import data_root
@@ -11,9 +11,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from test_data_common import REPO
 
 from echo_megatron.config import load_config
-from echo_megatron.data.preprocess import preprocess, prompt_len_path
-from echo_megatron.data.records import iter_local, parse_json_line
-from echo_megatron.data.sources import get_spec, make_document
+from echo_megatron.data.preprocess import plan_sources, preprocess
+from echo_megatron.data.sources import make_document
 from echo_megatron.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 SAMPLES = data_root() / "sft_samples"
@@ -38,11 +37,17 @@ def sample_cfg(idx, *overrides, tok=OLMO):
 
 
 def documents(source, path, type_=None):
-    spec = get_spec(source, type_)
-    docs = (
-        make_document(spec, parse_json_line(line, w), source, w) for w, line in iter_local(str(path), source)
+    overrides = [f"data.sources.{source}.path={path}"] + (
+        [f"data.sources.{source}.type={type_}"] if type_ else []
     )
+    (plan,) = plan_sources(load_config(None, overrides))
+    docs = (make_document(plan.spec, row, source, where) for where, row in plan.records())
     return [d for d in docs if d is not None]
+
+
+def files_under(root):
+    """{relative path: mtime_ns} of every file under ``root``."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_round_trip_detokenizes_to_the_documents_with_prompt_lengths(tmp_path):
@@ -58,9 +63,11 @@ def test_round_trip_detokenizes_to_the_documents_with_prompt_lengths(tmp_path):
     for m, (source, file, type_) in zip(manifests[2:], [("tinygsm", "tinygsm_style_gpt41_sample1000", None),
                                                         ("omi2", "openmathinstruct2_sample1000", None)]):  # fmt: skip
         docs = documents(source, SAMPLES / f"{file}.jsonl", type_)
-        prefix = str(tmp_path / source)
+        prefix = str(
+            tmp_path / source / "shard_00000"
+        )  # one input file under data.shard_docs rows: one shard
         ds = IndexedDataset(prefix)
-        plens = np.load(prompt_len_path(prefix))
+        plens = np.load(prefix + ".prompt_len.npy")
         assert len(ds) == len(docs) == m["docs"] == len(plens)
         assert m["tokens"] == int(ds.sequence_lengths.sum())
         assert m["tokenizer"]["hash"] == tok.hash and m["format_counts"] == {m["format"]: len(docs)}
@@ -76,11 +83,11 @@ def test_round_trip_detokenizes_to_the_documents_with_prompt_lengths(tmp_path):
 def test_idempotent_then_rebuilds_on_a_changed_tokenizer_or_input(tmp_path):
     cfg = sample_cfg(tmp_path / "idx", "data.sources.tinygsm.max_docs=100", "data.sources.omi2.max_docs=100")
     first, _ = preprocess(cfg, log=lambda s: None)
-    stamp = {f: os.stat(tmp_path / "idx" / f).st_mtime_ns for f in os.listdir(tmp_path / "idx")}
+    stamp = files_under(tmp_path / "idx")
     log: list[str] = []
     again, _ = preprocess(cfg, log=log.append)
-    assert again == first and all("up to date" in line for line in log)
-    assert stamp == {f: os.stat(tmp_path / "idx" / f).st_mtime_ns for f in os.listdir(tmp_path / "idx")}
+    assert again == first and len(log) == 4 and all("up to date" in line for line in log)
+    assert stamp == files_under(tmp_path / "idx")  # nothing rewritten, not even a manifest
     # a different tokenizer rebuilds every source
     texts = [d.text for d in documents("omi2", SAMPLES / "openmathinstruct2_sample1000.jsonl")[:200]]
     small = save_tokenizer(train_tokenizer(texts, "bpe", 400), str(tmp_path / "small.json"))
@@ -99,28 +106,37 @@ def test_idempotent_then_rebuilds_on_a_changed_tokenizer_or_input(tmp_path):
                       tok=small)  # fmt: skip
     log.clear()
     preprocess(cfg3, log=log.append)
-    assert ["up to date" in line for line in log] == [True, True, True, False]
+    assert ["up to date" in line for line in log if not line.startswith("preprocess:")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_output_is_the_same_with_one_or_two_workers(tmp_path):
     outs = []
     for workers in (1, 2):
         cfg = sample_cfg(tmp_path / f"w{workers}", f"data.num_workers={workers}", "data.chunk_docs=37")
-        manifests, _ = preprocess(cfg, log=lambda s: None)
-        files = sorted(f for f in os.listdir(tmp_path / f"w{workers}") if not f.endswith(".json"))
-        outs.append({f: (tmp_path / f"w{workers}" / f).read_bytes() for f in files})
-        assert [m["num_workers"] for m in manifests] == [workers] * 4
-    assert outs[0] == outs[1] and len(outs[0]) == 12
+        preprocess(cfg, log=lambda s: None)
+        root = tmp_path / f"w{workers}"
+        outs.append({f: (root / f).read_bytes() for f in files_under(root) if not f.endswith(".json")})
+    assert outs[0] == outs[1] and len(outs[0]) == 12  # 4 sources x shard_00000.{bin,idx,prompt_len.npy}
 
 
-def test_manifest_records_counts_and_source_revision(tmp_path):
+def test_manifest_records_counts_and_input_identity(tmp_path):
     cfg = sample_cfg(tmp_path, "data.sources.tinygsm.max_docs=10", "data.sources.omi2.max_docs=10")
     preprocess(cfg, log=lambda s: None)
-    m = json.loads((tmp_path / "tinygsm.manifest.json").read_text())
-    assert (
-        m["docs"] == 10 and m["format_counts"] == {"code": 10} and m["source_revision"].startswith("sha256:")
-    )
+    m = json.loads((tmp_path / "tinygsm" / "manifest.json").read_text())
+    assert m["docs"] == 10 and m["format_counts"] == {"code": 10} and m["source_revision"] == "local"
     assert m["input"].endswith("tinygsm_style_gpt41_sample1000.jsonl") and m["bad_records"]["count"] == 0
+    assert m["num_shards"] == 1 and m["shards"][0]["docs"] == 10 and m["tokenizer"]["path"].endswith(".json")
+    (entry,) = json.loads((tmp_path / "tinygsm" / "plan.json").read_text())["shards"]
+    path = SAMPLES / "tinygsm_style_gpt41_sample1000.jsonl"
+    assert entry["files"] == [str(path)] and entry["bytes"] == path.stat().st_size
+    (ident,) = entry["inputs"]  # the input's identity: a changed size, mtime or sampled bytes makes it stale
+    assert ident["size"] == path.stat().st_size and ident["mtime_ns"] == path.stat().st_mtime_ns
+    assert len(ident["sample"]) == 32 and m["shards"][0]["inputs"] == [ident]
 
 
 def test_chunk_writer_matches_megatron_per_document_builder(tmp_path):

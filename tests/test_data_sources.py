@@ -1,4 +1,5 @@
-"""Source formatters on the real samples, local readers (jsonl / json / parquet), and bad input."""
+"""Source formatters on the real samples, local readers (jsonl / json / parquet), and bad input (the real hub
+layouts are in test_data_layouts.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ import pytest
 from echo_testing import data_root
 
 from echo_megatron.config import ConfigError, load_config
-from echo_megatron.data.preprocess import preprocess
-from echo_megatron.data.records import DataError, iter_local, parse_json_line
-from echo_megatron.data.sources import PROMPT_SEP, get_spec, make_document
+from echo_megatron.data.preprocess import plan_sources, preprocess
+from echo_megatron.data.records import DataError
+from echo_megatron.data.sources import PROMPT_SEP, make_document
 
 OLMO = "allenai_gpt-neox-olmo-dolma-v1_5.json"
 
 
 def docs_of(source: str, path, type_: str | None = None):
-    spec = get_spec(source, type_)
-    out = []
-    for where, line in iter_local(str(path), source):
-        row = parse_json_line(line, where) if isinstance(line, str) else line
-        out.append((row, make_document(spec, row, source, where)))
-    return out
+    """(row, document or None) of every record of a local file or folder read as source ``source``."""
+    overrides = [f"data.sources.{source}.path={path}"] + (
+        [f"data.sources.{source}.type={type_}"] if type_ else []
+    )
+    (plan,) = plan_sources(load_config(None, overrides))
+    return [(row, make_document(plan.spec, row, source, where)) for where, row in plan.records()]
 
 
 def write_jsonl(path, rows):
@@ -106,7 +107,7 @@ def test_malformed_line_names_file_and_line_or_is_skipped_and_counted(tmp_path):
 def test_missing_field_names_field_and_source(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"problem": "q", "answer": "1"}])
     cfg = cfg_with(tmp_path, {"omi2": {"path": path}})
-    with pytest.raises(DataError, match=r"x\.jsonl:1: source 'omi2': missing field 'generated_solution'"):
+    with pytest.raises(DataError, match=r"x\.jsonl\[0\]: source 'omi2': missing field 'generated_solution'"):
         preprocess(cfg, log=lambda s: None)
 
 
@@ -118,14 +119,14 @@ def test_empty_or_unknown_sources_fail_before_any_tokenizing(tmp_path):
     cfg = cfg_with(tmp_path, {"a": {"type": "testbed", "path": ok}, "omi1": {"path": empty}})
     with pytest.raises(DataError, match=r"data\.sources\.omi1: source is empty"):
         preprocess(cfg, log=lambda s: None)
-    assert not (tmp_path / "idx" / "a.bin").exists()  # the good source, listed first, was not tokenized
+    assert not list((tmp_path / "idx").glob("a/shard_*"))  # the good source, listed first, was not tokenized
     cfg = cfg_with(tmp_path, {"a": {"type": "testbed", "path": ok}, "wiki": {"path": ok}})
     with pytest.raises(ConfigError, match=r"unknown source type 'wiki' \(known: tinygsm, omi1"):
         preprocess(cfg, log=lambda s: None)
     cfg = cfg_with(tmp_path, {"a": {"type": "testbed", "path": tmp_path / "nope.jsonl"}})
     with pytest.raises(DataError, match="nope.jsonl does not exist"):
         preprocess(cfg, log=lambda s: None)
-    assert not (tmp_path / "idx" / "a.bin").exists()
+    assert not list((tmp_path / "idx").glob("a/shard_*"))
 
 
 def test_cli_maps_data_errors_to_exit_status_2(tmp_path, capsys):

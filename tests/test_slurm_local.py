@@ -156,6 +156,29 @@ def test_local_slurm_runs_a_two_task_job(local_slurm, tmp_path):
     assert "rank 0 of 2" in lines and "rank 1 of 2" in lines
 
 
+def test_preprocess_job_array_splits_the_shards_over_its_tasks(local_slurm, tmp_path):
+    """`submit RECIPE --command preprocess --nodes 2`: two one-node array tasks, each builds its share of the
+    shards, the last one merges every manifest."""
+    tb = [f"testbed.out={tmp_path}/tb", "testbed.n_train=400", "testbed.n_test=10"]
+    out = subprocess.run([sys.executable, "-m", "echo_megatron", "testbed", TESTBED, *tb], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ids = submit(TESTBED, "--command", "preprocess", "--nodes", "2", *tb, f"run_dir={tmp_path}/run",
+                 "cluster.gpus_per_node=1", "cluster.exclusive=false", f"cluster.python={sys.executable}",
+                 "cluster.time=00:20:00", cwd=tmp_path)  # fmt: skip
+    recs = wait_final(ids["preprocess"], 600)
+    assert sorted(r["ArrayTaskId"] for r in recs) == ["0", "1"] and {r["JobState"] for r in recs} == {
+        "COMPLETED"
+    }
+    logs = [
+        (tmp_path / "run" / "slurm" / f"preprocess-{ids['preprocess']}_{i}.out").read_text() for i in (0, 1)
+    ]
+    assert "(task 0 of 2)" in logs[0] and "(task 1 of 2)" in logs[1] and "torchrun" not in logs[0] + logs[1]
+    for source in ("tb_code", "tb_code_interp", "tb_nl"):
+        manifest = json.loads((tmp_path / "tb" / "indexed" / source / "manifest.json").read_text())
+        assert manifest["num_shards"] == 1 and manifest["docs"] > 0
+
+
 def test_chained_stages_run_in_order_with_both_launchers(local_slurm, tmp_path):
     """pretrain (torchrun, 2 ranks, TP=2) -> more pretraining from its checkpoint (srun, 2 ranks, TP=2)."""
     pipe = _write(

@@ -31,6 +31,9 @@ Array stages (one Slurm job array, one task per run):
   * ``over: A``: one task per task of the earlier array stage A, each after its own task (``aftercorr``);
     ``{A.run_dir}`` then means that task's run dir.
 A sweep grid file given to ``submit`` directly is a one-stage pipeline (a job array).
+A ``preprocess`` stage (or ``submit RECIPE --command preprocess``) is a job array of ``cluster.nodes`` one-node
+tasks: task I runs ``preprocess CONFIG --shard-index I --num-shards N`` (worker processes, never torchrun), the
+shards are dealt round-robin over the tasks, and the last task to finish merges the manifests.
 Precedence for every stage: recipe (or sweep point) < pipeline ``cluster`` / ``overrides`` < ``submit`` flags
 (``--nodes`` ...) < stage ``cluster`` / ``overrides`` < grid point < command-line ``k=v``. So ``--nodes 4``
 sizes every stage that does not set its own ``cluster.nodes``; ``cluster.nodes=4`` on the command line
@@ -112,6 +115,7 @@ class Task:
     overrides: list[str]
     config: DictConfig  # with ``args``: only its cluster.* / parallel.* shape the job
     args: list[str] | None = None  # the command's arguments when the stage gives ``args``
+    shard: tuple[int, int] | None = None  # (I, N): task I of a preprocess job array of N one-node tasks
 
 
 @dataclass
@@ -124,7 +128,13 @@ class Job:
 
     @property
     def is_array(self) -> bool:
-        return self.stage.is_array
+        return self.stage.is_array or self.tasks[0].shard is not None
+
+
+def preprocess_tasks(task: Task) -> list[Task]:
+    """A preprocess run as ``cluster.nodes`` tasks of one node each, task I doing shards I, I+N, ..."""
+    n = int(task.config.cluster.nodes)
+    return [Task(i, f"shard{i}", task.run_dir, task.overrides, task.config, shard=(i, n)) for i in range(n)]
 
 
 def recipe_kind(path: str) -> str:
@@ -340,6 +350,8 @@ def expand(pipeline: Pipeline, extra: list[str] = (), defaults: list[str] = ()) 
                 if stage.args is not None:
                     task.args = _substitute(stage.args, dirs, where, own=task.run_dir)
                 tasks.append(task)
+        if stage.command == "preprocess" and not stage.is_array and stage.args is None:
+            tasks = preprocess_tasks(tasks[0])
         clusters = {OmegaConf.to_yaml(t.config.cluster) for t in tasks}
         if len(clusters) > 1:
             raise ConfigError(f"{where}: the tasks of one array must share their cluster.* settings")

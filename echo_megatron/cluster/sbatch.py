@@ -1,6 +1,8 @@
 """Render one stage of a pipeline as an sbatch script (the template is below, readable top to bottom).
 
-Launch: one ``srun`` task per node runs ``torchrun`` (c10d rendezvous on the first host of the allocation,
+Launch: a ``preprocess`` job is an array of one-node tasks, each ``srun`` running ``echo-megatron preprocess CONFIG
+--shard-index I --num-shards N`` with its worker processes on the node's CPUs (no GPUs, no torchrun; a USR1 or
+requeue kills it and the requeued task keeps its finished shards). Other commands: one ``srun`` task per node runs ``torchrun`` (c10d rendezvous on the first host of the allocation,
 ``cluster.launcher=torchrun``), or ``srun`` starts one task per rank itself (``cluster.launcher=srun``; the
 trainer reads SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID). Optionally inside a container: pyxis/enroot
 (``srun --container-image``) or Apptainer (``apptainer exec``).
@@ -33,7 +35,7 @@ TEMPLATE = r"""#!/bin/bash
 {% endif %}# {{ title }}
 # Written by `echo-megatron submit`; change the recipe and resubmit rather than editing this file.
 #SBATCH --job-name={{ job_name }}
-#SBATCH --nodes={{ c.nodes }}
+#SBATCH --nodes={{ nodes }}
 #SBATCH --ntasks-per-node={{ tasks_per_node }}
 {% if cpus_per_task %}#SBATCH --cpus-per-task={{ cpus_per_task }}
 {% endif %}{% if gpus %}#SBATCH --gpus-per-node={{ c.gpus_per_node }}
@@ -72,10 +74,10 @@ MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=$(({{ c.master_port }} + SLURM_JOB_ID % 10000))
 export MASTER_ADDR MASTER_PORT
 
-LAUNCH=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node={{ tasks_per_node }}{% if cpus_per_task %} --cpus-per-task={{ cpus_per_task }}{% endif %} --kill-on-bad-exit=1)
+LAUNCH=(srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node={{ tasks_per_node }}{% if cpus_per_task %} --cpus-per-task={{ cpus_per_task }}{% elif launcher == "workers" %} --cpus-per-task="$SLURM_CPUS_ON_NODE"{% endif %} --kill-on-bad-exit=1)
 {% if runtime == "pyxis" %}LAUNCH+=(--container-image={{ c.container | q }} --container-mounts={{ mounts | q }} --container-workdir={{ workdir | q }})
 {% elif runtime == "apptainer" %}LAUNCH+=(apptainer exec{% if gpus %} --nv{% endif %} --bind {{ mounts | q }} --pwd {{ workdir | q }} {{ c.container | q }})
-{% endif %}{% if c.launcher == "torchrun" %}# torchrun ignores USR1 (it must outlive its workers while they save); the workers get it from srun.
+{% endif %}{% if launcher == "torchrun" %}# torchrun ignores USR1 (it must outlive its workers while they save); the workers get it from srun.
 LAUNCH+=(bash -c 'trap "" USR1; exec "$@"' torchrun "$PYTHON" -m torch.distributed.run
   --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node={{ c.gpus_per_node }} --max-restarts=0
   --rdzv-id="$SLURM_JOB_ID" --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT")
@@ -195,7 +197,8 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
     paths = {"run_dir": root, "the submit directory": workdir}
     check_script_values(c, f"stage {job.stage.name!r}", job.stage.name, job.stage.command, paths)
     runtime = container_runtime(c)
-    gpus = wants_gpus(cfg)
+    sharded = job.tasks[0].shard is not None  # preprocess: one-node array tasks with worker processes
+    gpus = wants_gpus(cfg) and not sharded
     env = dict(BASE_ENV)
     if gpus:
         env.update(GPU_ENV)
@@ -212,10 +215,12 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
         t.args
         if t.args is not None
         else [config_path(root, job.stage.name, t.index if job.is_array else None)]
+        + (["--shard-index", str(t.shard[0]), "--num-shards", str(t.shard[1])] if t.shard else [])
         for t in job.tasks
     ]
     log = RunDir(root).slurm_file(f"{job.stage.name}-%A_%a.out" if array else f"{job.stage.name}-%j.out")
-    tasks_per_node = 1 if c.launcher == "torchrun" else c.gpus_per_node
+    launcher = "workers" if sharded else c.launcher
+    tasks_per_node = 1 if launcher in ("torchrun", "workers") else c.gpus_per_node
     title = f"stage '{job.stage.name}': echo-megatron {job.stage.command}" + (
         f", {n} array tasks" if array else ""
     )
@@ -223,6 +228,8 @@ def render(job: Job, root: str, workdir: str, job_name: str) -> str:
         title=title,
         job_name=job_name,
         c=c,
+        nodes=1 if sharded else c.nodes,
+        launcher=launcher,
         gpus=gpus,
         tasks_per_node=tasks_per_node,
         cpus_per_task=c.cpus_per_task,

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
 class SourceConfig:
-    """One corpus of the mixture. Registry defaults (HF id, fields, format) apply unless set here.
+    """One corpus of the mixture. Registry defaults (files, splits, fields, filters, format) apply unless set here.
 
     The key under ``data.sources`` names the source; ``type`` picks its registry entry (default: the key),
     so one recipe can hold several sources of the same type (e.g. three testbed files, one per format).
+    Which rows are read (echo_megatron/data/sources.py): ``data_files`` if given, else the repo config
+    ``hf_config``, else the registry ``variant``'s files for ``split``, else HF's split rules; then ``filters``.
     """
 
     type: Optional[str] = None  # registry entry (tinygsm, omi1, omi2, ..., testbed); None = the source's key
-    path: Optional[str] = None  # local jsonl / json / parquet file or directory (overrides the hub)
-    hf_id: Optional[str] = None
-    hf_config: Optional[str] = None
-    split: Optional[str] = None
-    revision: Optional[str] = None  # hub revision (branch, tag or commit); recorded in the manifest
-    max_docs: Optional[int] = None
+    # local file or folder: jsonl/json/parquet (.gz/.zst), a `save_to_disk` Arrow folder, or a hub-cache snapshot
+    path: Optional[str] = None
+    hf_id: Optional[str] = None  # hub dataset id (or a local hub-cache folder) instead of the registry's
+    hf_config: Optional[str] = None  # a config of the repo's README (its data_files)
+    split: Optional[str] = None  # split(s) of the registry / repo files, "train" or "train+validation"
+    revision: Optional[str] = (
+        None  # hub revision (branch, tag or commit); the resolved sha goes to the manifest
+    )
+    data_files: Optional[list[str]] = (
+        None  # globs relative to path / the repo root (or absolute, or hf://...)
+    )
+    variant: Optional[str] = (
+        None  # a named file/split/filter choice of the registry entry (None = its default)
+    )
+    filters: Optional[dict[str, Any]] = None  # field -> allowed value(s), over the registry's; null drops one
+    question_field: Optional[str] = None  # field overrides (else the registry's candidate fields)
+    solution_field: Optional[str] = None
+    max_docs: Optional[int] = None  # the first N documents (then the source is one shard)
     multiplier: float = 1.0  # N = N passes over this source in one mixture epoch; 0.5 = half of it
     weight: Optional[float] = None  # an explicit blend weight instead of the multiplier
 
@@ -49,12 +63,16 @@ class BlendItem:
 class DataConfig:
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    indexed_dir: str = "data/indexed"  # where preprocess writes <source>.bin/.idx + manifest
+    indexed_dir: str = "data/indexed"  # where preprocess writes <source>/shard_NNNNN.bin/.idx + manifest.json
     blend: list[BlendItem] = field(default_factory=list)  # explicit prefixes; else built from sources
     split: str = "98,2,0"
     seed: int = 1234
-    num_workers: int = 2  # tokenizer worker processes for preprocess (0 or 1 = in-process)
-    chunk_docs: int = 256  # documents per work item of a preprocess worker (small: a short tail)
+    num_workers: int = (
+        2  # preprocess worker processes, one shard each (0 or 1 = in-process; -1 = one per CPU)
+    )
+    chunk_docs: int = 256  # documents tokenized per batch inside a worker
+    shard_docs: int = 1_000_000  # a single-file source is cut into shards of this many input rows
+    progress_interval: float = 30.0  # seconds between progress lines when stdout is not a terminal
     on_bad_record: str = "error"  # error | skip (malformed line or missing field; counted in the manifest)
     document_aligned: bool = False  # one document per row from position 0 (as at inference), padded
     loss_on: str = "all"  # all | solution (prompt-masked loss; needs the prompt-length sidecar)

@@ -19,6 +19,15 @@ run's length that way: ``train.steps = floor(R * E / global_batch_size)`` (:func
 tail and the last partial batch; here each source's tail, ``(T_i - 1) // L``, and the last partial batch).
 ``echo-megatron mixture`` prints the steps of one epoch. With explicit ``weight``s (all sources, or none) the
 weights are normalized as given, the table shows the passes they imply, and an epoch is undefined.
+
+A source is written as shards (echo_megatron/data/shards.py), each its own megatron prefix, and megatron splits
+each prefix by ``data.split`` on its own; so P_i is the sum over the source's shards s of their P_is (the same
+formula on each shard's train split), and the blend gives shard s the weight
+
+    w_is = w_i P_is / P_i
+
+so that every shard is read at the same rate: the source's weight, passes and share are those above, and a
+source of one shard is exactly as before. Shards with no full sample (P_is = 0) are left out of the blend.
 """
 
 from __future__ import annotations
@@ -31,14 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from echo_megatron.data.preprocess import plan_sources, read_manifest
+from echo_megatron.data.preprocess import plan_sources
 from echo_megatron.data.records import DataError
+from echo_megatron.data.shards import PLAN, read_manifest, shard_prefixes
 
 
 @dataclass
 class MixtureRow:
     source: str
-    prefix: str
+    prefix: str  # the source's folder: <indexed_dir>/<source>
     format: str
     docs: int  # all documents of the source
     tokens: int
@@ -50,6 +60,11 @@ class MixtureRow:
     share: float  # share of the run's tokens
     passes: float  # passes over the source's train split in the configured run
     format_counts: dict[str, int] = field(default_factory=dict)
+    shards: list[tuple[str, int]] = field(default_factory=list)  # (megatron prefix, P_is) per shard
+
+    def blend(self) -> list[tuple[str, float]]:
+        """(prefix, w_is = w_i P_is / P_i) of the shards with samples."""
+        return [(prefix, self.weight * pp / self.per_pass) for prefix, pp in self.shards if pp > 0]
 
 
 @dataclass
@@ -69,7 +84,8 @@ class Mixture:
         return epoch_steps(self.epoch_samples, self.global_batch_size) if self.epoch_samples else 0
 
     def blend(self) -> list[tuple[str, float]]:
-        return [(r.prefix, r.weight) for r in self.rows if r.weight > 0]
+        """Megatron's blend: every shard of every source with a positive weight (module docstring)."""
+        return [item for r in self.rows if r.weight > 0 for item in r.blend()]
 
 
 def train_range(num_docs: int, split: str) -> tuple[int, int]:
@@ -95,18 +111,22 @@ def blend_weights(per_pass: list[int], multipliers: list[float]) -> tuple[list[f
     return [m * p / epoch for m, p in zip(multipliers, per_pass)], int(math.ceil(epoch))
 
 
-def _train_stats(prefix: str, manifest: dict, split: str) -> tuple[int, int, np.ndarray]:
+def _train_stats(prefix: str, docs: int, split: str) -> tuple[int, int, np.ndarray]:
+    """(train documents, train tokens, train document lengths) of one indexed prefix under ``data.split``."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     index = IndexedDataset(prefix, mmap=False)  # copy the lengths out before the index is closed
     lengths = np.array(index.sequence_lengths)
     del index
-    if len(lengths) != manifest["docs"]:
-        raise DataError(
-            f"{prefix}: index has {len(lengths)} documents, manifest {manifest['docs']}: rerun preprocess"
-        )
+    if len(lengths) != docs:
+        raise DataError(f"{prefix}: index has {len(lengths)} documents, manifest {docs}: rerun preprocess")
     beg, end = train_range(len(lengths), split)
     return end - beg, int(lengths[beg:end].sum()), lengths[beg:end]
+
+
+def samples_per_pass(train_docs: int, train_tokens: int, seq_length: int, aligned: bool) -> int:
+    """P: documents (document-aligned rows) or ``(T - 1) // L`` packed rows of one train split."""
+    return train_docs if aligned else max(0, (train_tokens - 1) // seq_length)
 
 
 def _check_tokenizer(cfg: Any, name: str, manifest: dict) -> None:
@@ -138,20 +158,26 @@ def plan_mixture(cfg: Any) -> Mixture:
         raise DataError("data.sources: every source has multiplier (or weight) 0")
     rows, per_pass, mults, mean_lens = [], [], [], []
     for p in plans:
-        m = read_manifest(p.prefix)
-        if m is None or not os.path.isfile(p.prefix + ".idx"):
+        m = read_manifest(p.directory)
+        if m is None:
             raise DataError(
-                f"data.sources.{p.name}: not preprocessed (no {p.prefix}.manifest.json); "
+                f"data.sources.{p.name}: not preprocessed (no {p.directory}/{PLAN}); "
                 "run `echo-megatron preprocess RECIPE` first"
             )
         if m["docs"] == 0:
-            raise DataError(f"data.sources.{p.name}: preprocessed source is empty ({p.prefix})")
+            raise DataError(f"data.sources.{p.name}: preprocessed source is empty ({p.directory})")
         _check_tokenizer(cfg, p.name, m)
         mult = p.cfg.multiplier
         if mult < 0 or (p.cfg.weight is not None and p.cfg.weight < 0):
             raise DataError(f"data.sources.{p.name}: multiplier and weight must be >= 0")
-        train_docs, train_tokens, lengths = _train_stats(p.prefix, m, cfg.data.split)
-        pp = train_docs if aligned else max(0, (train_tokens - 1) // L)
+        shards, train_docs, train_tokens, lengths = [], 0, 0, []
+        for prefix, entry in zip(shard_prefixes(p.directory, m), m["shards"]):
+            d, t, lens = _train_stats(prefix, entry["docs"], cfg.data.split)
+            shards.append((prefix, samples_per_pass(d, t, L, aligned)))
+            train_docs, train_tokens = train_docs + d, train_tokens + t
+            lengths.append(lens)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        pp = sum(n for _, n in shards)
         if pp == 0 and (mult > 0 if p.cfg.weight is None else p.cfg.weight > 0):
             raise DataError(
                 f"data.sources.{p.name}: its train split holds no full sample ({train_tokens} tokens, "
@@ -160,8 +186,8 @@ def plan_mixture(cfg: Any) -> Mixture:
         mean_len = float(np.minimum(lengths, L + 1).mean()) if aligned and len(lengths) else float(L)
         rows.append(
             MixtureRow(
-                p.name, p.prefix, m.get("format", ""), m["docs"], m["tokens"], train_docs, train_tokens, pp,
-                None if p.cfg.weight is not None else mult, 0.0, 0.0, 0.0, m.get("format_counts", {}),
+                p.name, p.directory, m.get("format", ""), m["docs"], m["tokens"], train_docs, train_tokens, pp,
+                None if p.cfg.weight is not None else mult, 0.0, 0.0, 0.0, m.get("format_counts", {}), shards,
             )
         )  # fmt: skip
         per_pass.append(pp)
@@ -226,7 +252,10 @@ def resolve_blend(cfg: Any) -> list[tuple[str, float]]:
 
 def format_table(mix: Mixture) -> str:
     """The ``echo-megatron mixture`` table."""
-    head = f"{'source':<18}{'format':<12}{'docs':>10}{'tokens':>13}{'mult':>7}{'weight':>8}{'tokens%':>9}{'passes':>8}"
+    head = (
+        f"{'source':<18}{'format':<12}{'docs':>10}{'tokens':>13}{'mult':>7}{'weight':>8}{'tokens%':>9}{'passes':>8}"
+        f"{'shards':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in mix.rows:
         mult = "w" if r.multiplier is None else f"{r.multiplier:g}x"
@@ -237,7 +266,7 @@ def format_table(mix: Mixture) -> str:
         )
         lines.append(
             f"{r.source:<18}{fmt:<12}{r.docs:>10,}{r.tokens:>13,}{mult:>7}{r.weight:>8.3f}"
-            f"{100 * r.share:>8.1f}%{r.passes:>8.2f}"
+            f"{100 * r.share:>8.1f}%{r.passes:>8.2f}{len(r.shards):>8}"
         )
     lines.append("-" * len(head))
     unit = "documents (document-aligned rows)" if mix.document_aligned else f"rows of {mix.seq_length} tokens"

@@ -1,149 +1,95 @@
-"""Preprocess: each source of a recipe -> documents -> token ids -> a megatron indexed dataset + sidecars.
+"""Preprocess: each source of a recipe -> its files -> shards of documents -> token ids -> megatron indexed shards.
 
-Per source ``S`` it writes, under ``data.indexed_dir``:
-
-    S.bin / S.idx          megatron ``IndexedDataset``: one sequence per document, ``prompt + solution + [eod]``
-    S.prompt_len.npy       int32, per document: tokens of ``question + "\\n\\n"`` (0 for plain text)
-    S.manifest.json        docs, tokens, format counts, tokenizer hash, source revision, fingerprint, timing
+For every source (``--only`` picks some) the main process resolves its files (echo_megatron/data/inputs.py),
+plans its shards and writes ``plan.json`` (echo_megatron/data/shards.py); every check that can fail on a
+source (unknown type, conflicting keys, missing files, an unreachable hub, a source without one usable document)
+fails before any tokenizing. The shards are dealt round-robin over ``--num-shards N`` tasks (task
+``--shard-index I`` does shards I, I+N, ...; all sources in one sequence, so small sources spread too), the
+task's shards that are not complete already are built by ``data.num_workers`` worker processes (one whole shard
+each: read -> filter -> document -> tokenize -> ``.bin/.idx``; memory stays at one batch of rows plus the
+shard's index), and each finished source is merged into ``manifest.json``. Shards are written whole or not
+at all, so a rerun (or a requeued job) redoes only what is missing or stale and the output does not depend on
+the number of workers or tasks.
 
 The prompt and the solution are tokenized apart and concatenated, exactly as a model sees them at RL/eval time
-(prompt tokens, then generated solution tokens). Workers (``data.num_workers`` processes) parse, filter,
-format and tokenize chunks of raw records; the main process reads and writes in order, so the output does not
-depend on the number of workers. Idempotent: a source whose fingerprint (inputs, spec, tokenizer, options) is
-unchanged is skipped; a changed tokenizer or input rebuilds it. Every source is checked (known type, inputs
-present, at least one usable document) before any source is tokenized.
+(prompt tokens, then generated solution tokens). Workers die with the main process (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing as mp
 import os
+import queue
+import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from echo_megatron.data.records import (
-    DataError,
-    Record,
-    fingerprint_local,
-    iter_hub,
-    iter_local,
-    parse_json_line,
-)
-from echo_megatron.data.sources import PROMPT_SEP, SourceSpec, get_spec, make_document, source_fields
+from echo_megatron.data import shards as sh
+from echo_megatron.data.inputs import SourceInputs, resolve_inputs
+from echo_megatron.data.progress import Progress, SourceCounts
+from echo_megatron.data.records import BadRecord, DataError, Record, count_rows, iter_rows, parse_json_line
+from echo_megatron.data.sources import PROMPT_SEP, Selection, SourceSpec, make_document, needed_fields, select
 from echo_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from echo_megatron.rewards.formats import FORMATS
 
-VERSION = 1  # bump when the document or file layout changes (forces a rebuild)
 MAX_BAD_EXAMPLES = 5
-
-
-class SourceUnavailable(DataError):
-    """A hub source that cannot be opened here (no network, unknown id): skipped unless ``strict``."""
+PROGRESS_EVERY_S = 1.0  # how often a worker reports its counts
 
 
 @dataclass
 class SourcePlan:
+    """One ``data.sources`` entry: its config, what it selects and where its shards go."""
+
     name: str
-    spec: SourceSpec
     cfg: Any  # SourceConfig
-    prefix: str
+    selection: Selection
+    directory: str  # <indexed_dir>/<name>
+    _inputs: SourceInputs | None = None
 
     @property
-    def local(self) -> bool:
-        return bool(self.cfg.path)
+    def spec(self) -> SourceSpec:
+        """The effective spec (the recipe's field overrides and filters applied)."""
+        return self.selection.spec
 
-    def hub_args(self) -> tuple[str, str | None, str, str | None, str | None]:
-        hf_id = self.cfg.hf_id or self.spec.hf_id
-        if not hf_id:
-            hint = " (write it with `echo-megatron testbed`)" if self.spec.name == "testbed" else ""
-            raise DataError(
-                f"data.sources.{self.name}: no path and no hub id: set data.sources.{self.name}.path{hint}"
-            )
-        config = self.cfg.hf_config or (self.spec.hf_config if not self.cfg.hf_id else None)
-        data_files = self.spec.data_files if not self.cfg.hf_id else None
-        return hf_id, config, self.cfg.split or self.spec.split, self.cfg.revision, data_files
-
-    def describe(self) -> str:
-        if self.local:
-            return os.path.abspath(self.cfg.path)
-        hf_id, config, split, revision, _ = self.hub_args()
-        return f"hf:{hf_id}" + (f"/{config}" if config else "") + f":{split}@{revision or 'main'}"
+    def inputs(self) -> SourceInputs:
+        if self._inputs is None:
+            self._inputs = resolve_inputs(self.name, self.cfg, self.selection)
+        return self._inputs
 
     def records(self) -> Iterator[Record]:
-        if self.local:
-            return iter_local(self.cfg.path, self.name)
-        hf_id, config, split, revision, data_files = self.hub_args()
-        try:
-            return iter_hub(hf_id, config, split, revision, data_files)
-        except Exception as e:  # no network, unknown dataset, ...
-            raise SourceUnavailable(
-                f"data.sources.{self.name}: cannot load hub dataset {self.describe()} ({type(e).__name__}: {e}); "
-                f"set data.sources.{self.name}.path to a local jsonl/json/parquet copy"
-            ) from e
-
-    def revision(self) -> str:
-        return fingerprint_local(self.cfg.path, self.name) if self.local else self.describe()
+        """Every record of the source, in order (``echo-megatron tokenizer train`` reads these)."""
+        for f in self.inputs().files:
+            yield from iter_rows(f.local(), columns=needed_fields(self.spec))
 
 
-def source_prefix(indexed_dir: str, name: str) -> str:
-    return os.path.join(indexed_dir, name)
-
-
-def manifest_path(prefix: str) -> str:
-    return prefix + ".manifest.json"
-
-
-def prompt_len_path(prefix: str) -> str:
-    return prefix + ".prompt_len.npy"
-
-
-def read_manifest(prefix: str) -> dict | None:
-    path = manifest_path(prefix)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def plan_sources(cfg: Any) -> list[SourcePlan]:
-    """One plan per ``data.sources`` entry; unknown types and bad options fail here, before any work."""
+def plan_sources(cfg: Any, only: list[str] | None = None) -> list[SourcePlan]:
+    """One plan per ``data.sources`` entry (``only``: those named); unknown types and bad keys fail here."""
     data = cfg.data
     if not data.sources:
         raise DataError("data.sources is empty: a recipe must name at least one source")
     if data.on_bad_record not in ("error", "skip"):
         raise DataError(f"data.on_bad_record: '{data.on_bad_record}' is not one of error, skip")
+    if data.shard_docs < 1:
+        raise DataError("data.shard_docs must be >= 1")
+    unknown = sorted(set(only or ()) - set(data.sources))
+    if unknown:
+        raise DataError(
+            f"--only: {', '.join(unknown)} not in data.sources (known: {', '.join(data.sources)})"
+        )
     plans = []
     for name, src in data.sources.items():
-        spec = get_spec(name, src.type)
+        if only and name not in only:
+            continue
         if src.max_docs is not None and src.max_docs < 1:
             raise DataError(f"data.sources.{name}.max_docs must be >= 1")
-        plan = SourcePlan(name, spec, src, source_prefix(data.indexed_dir, name))
-        if not plan.local:
-            plan.hub_args()  # a source with neither path nor hub id fails now
-        plans.append(plan)
+        plans.append(SourcePlan(name, src, select(name, src), sh.source_dir(data.indexed_dir, name)))
     return plans
-
-
-# -- the worker side ------------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(tokenizer: Tokenizer, source: str, type_: str, on_bad_record: str, dtype: str) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism is across processes
-    spec = get_spec(source, type_)
-    _WORKER.update(tokenizer=tokenizer, source=source, spec=spec, on_bad=on_bad_record, dtype=np.dtype(dtype))
-
-
-def _single_threaded() -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism is across processes
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -153,11 +99,19 @@ def token_dtype(vocab_size: int) -> type:
     return DType.optimal_dtype(vocab_size)
 
 
+def workers_of(num_workers: int) -> int:
+    """``data.num_workers``: -1 = one per CPU this process may use (a Slurm task's --cpus-per-task)."""
+    return len(os.sched_getaffinity(0)) if num_workers < 0 else num_workers
+
+
+# -- documents and tokens (run in the workers, or inline) ------------------------------------------------------
 def documents_of_chunk(items: list[Record], spec: SourceSpec, source: str, on_bad: str):
-    """(documents, filtered count, bad records) of one chunk of raw records."""
+    """(documents, filtered count, bad-record messages) of one chunk of records."""
     docs, filtered, bad = [], 0, []
     for where, payload in items:
         try:
+            if isinstance(payload, BadRecord):
+                raise DataError(payload.message)
             row = parse_json_line(payload, where) if isinstance(payload, str) else payload
             doc = make_document(spec, row, source, where)
         except DataError as e:
@@ -172,10 +126,8 @@ def documents_of_chunk(items: list[Record], spec: SourceSpec, source: str, on_ba
     return docs, filtered, bad
 
 
-def tokenize_chunk(items: list[Record]) -> dict[str, Any]:
-    """Parse, filter, format and tokenize one chunk (runs in a worker process, or inline)."""
-    tok: Tokenizer = _WORKER["tokenizer"]
-    docs, filtered, bad = documents_of_chunk(items, _WORKER["spec"], _WORKER["source"], _WORKER["on_bad"])
+def tokenize_documents(tok: Tokenizer, docs: list, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat ids, per-document lengths, per-document prompt lengths): ``prompt + solution + [eod]`` each."""
     prompts = tok.encode_batch([d.prompt for d in docs])
     solutions = tok.encode_batch([d.solution for d in docs])
     flat: list[int] = []
@@ -183,93 +135,8 @@ def tokenize_chunk(items: list[Record]) -> dict[str, Any]:
         flat += p
         flat += s
         flat.append(tok.eod)
-    return {
-        "ids": np.array(flat, dtype=_WORKER["dtype"]),
-        "lengths": np.array([len(p) + len(s) + 1 for p, s in zip(prompts, solutions)], dtype=np.int64),
-        "prompt_lens": np.array([len(p) for p in prompts], dtype=np.int32),
-        "formats": np.array([FORMATS.index(d.format) for d in docs], dtype=np.int8),
-        "filtered": filtered,
-        "bad": bad,
-        "n_items": len(items),
-    }
-
-
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    while chunk := list(islice(records, size)):
-        yield chunk
-
-
-# -- the main side --------------------------------------------------------------------------------------------
-def preflight(plan: SourcePlan, on_bad_record: str) -> None:
-    """Fail now if a source has no usable document (bad records raise here too unless skipped); a hub source
-    that cannot be opened raises :class:`SourceUnavailable`."""
-    seen = 0
-    records = plan.records()
-    if not plan.local:
-        try:
-            first = next(records, None)
-        except Exception as e:  # the stream opens lazily: network and dataset errors surface here
-            raise SourceUnavailable(
-                f"data.sources.{plan.name}: cannot read hub dataset {plan.describe()} ({type(e).__name__}: {e}); "
-                f"set data.sources.{plan.name}.path to a local jsonl/json/parquet copy"
-            ) from e
-        records = iter([first] if first is not None else [])
-    for where, payload in records:
-        seen += 1
-        docs, _, _ = documents_of_chunk([(where, payload)], plan.spec, plan.name, on_bad_record)
-        if docs:
-            return
-    raise DataError(
-        f"data.sources.{plan.name}: source is empty ({plan.cfg.path}: {seen} records, no usable document)"
-    )
-
-
-def fingerprint(plan: SourcePlan, tokenizer: Tokenizer, on_bad_record: str, revision: str) -> str:
-    key = {
-        "version": VERSION,
-        "spec": source_fields(plan.spec),
-        "input": plan.describe(),
-        "revision": revision,
-        "max_docs": plan.cfg.max_docs,
-        "on_bad_record": on_bad_record,
-        "tokenizer": tokenizer.hash,
-        "eod": tokenizer.eod,
-        "prompt_sep": PROMPT_SEP,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def is_up_to_date(prefix: str, fp: str) -> bool:
-    m = read_manifest(prefix)
-    files = [prefix + ".bin", prefix + ".idx", prompt_len_path(prefix)]
-    return m is not None and m.get("fingerprint") == fp and all(os.path.isfile(f) for f in files)
-
-
-def tokenize_source(
-    plan: SourcePlan, tokenizer: Tokenizer, num_workers: int, chunk_docs: int, on_bad_record: str
-) -> Iterator[dict[str, Any]]:
-    """Tokenized chunks of one source, in input order; in ``num_workers`` processes when > 1."""
-    chunks = _chunks(plan.records(), chunk_docs)
-    init_args = (
-        tokenizer,
-        plan.name,
-        plan.spec.name,
-        on_bad_record,
-        np.dtype(token_dtype(tokenizer.vocab_size)).name,
-    )
-    if num_workers <= 1:
-        _init_worker(*init_args)
-        yield from map(tokenize_chunk, chunks)
-        return
-    if "fork" in mp.get_all_start_methods():
-        # forked workers inherit the parent's state: no tokenizer JSON (2 MB for OLMo) to unpickle in each
-        _WORKER.update(tokenizer=tokenizer, source=plan.name, spec=plan.spec, on_bad=on_bad_record)
-        _WORKER["dtype"] = np.dtype(init_args[-1])
-        pool = mp.get_context("fork").Pool(num_workers, initializer=_single_threaded)
-    else:
-        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_worker, initargs=init_args)
-    with pool:
-        yield from pool.imap(tokenize_chunk, chunks, chunksize=1)
+    lengths = np.array([len(p) + len(s) + 1 for p, s in zip(prompts, solutions)], dtype=np.int64)
+    return np.array(flat, dtype=dtype), lengths, np.array([len(p) for p in prompts], dtype=np.int32)
 
 
 def append_documents(builder: Any, ids: np.ndarray, lengths: np.ndarray) -> None:
@@ -281,125 +148,356 @@ def append_documents(builder: Any, ids: np.ndarray, lengths: np.ndarray) -> None
     builder.document_indices.extend(range(start + 1, start + len(lengths) + 1))
 
 
-def write_source(
-    plan: SourcePlan,
-    tokenizer: Tokenizer,
-    num_workers: int = 2,
-    chunk_docs: int = 512,
-    on_bad_record: str = "error",
-    revision: str | None = None,
-) -> dict[str, Any]:
-    """Tokenize one source into ``plan.prefix`` (.bin/.idx/.prompt_len.npy/.manifest.json); its manifest."""
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to build one shard (the tokenizer is the worker's own)."""
+
+    shard: sh.Shard
+    spec: SourceSpec
+    directory: str
+    on_bad: str
+    max_docs: int | None
+    chunk_docs: int
+    dtype: str
+
+
+def _chunks_of(job: ShardJob) -> Iterator[list[Record]]:
+    columns = needed_fields(job.spec)
+    chunk: list[Record] = []
+    for f in job.shard.files:
+        for record in iter_rows(f.local(), job.shard.start, job.shard.stop, columns, job.on_bad):
+            chunk.append(record)
+            if len(chunk) == job.chunk_docs:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def build_shard(job: ShardJob, tok: Tokenizer, report: Callable[[str, int, int], None]) -> dict[str, Any]:
+    """Write one shard (``.bin/.idx/.prompt_len.npy`` under private names, renamed, then its record); the record.
+    ``report(source, docs, tokens)`` is called about once a second."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     t0 = time.perf_counter()
-    revision = revision or plan.revision()
-    os.makedirs(os.path.dirname(os.path.abspath(plan.prefix)), exist_ok=True)
-    tmp = plan.prefix + ".tmp"
-    dtype = token_dtype(tokenizer.vocab_size)
-    builder = IndexedDatasetBuilder(tmp + ".bin", dtype=dtype)
-    limit = plan.cfg.max_docs
-    docs = tokens = prompt_tokens = filtered = n_bad = records = 0
+    shard, source = job.shard, job.shard.source
+    prefix = sh.shard_prefix(job.directory, shard.name)
+    tmp = {ext: sh.tmp_name(prefix + ext) for ext in sh.SHARD_FILES}
+    dtype = np.dtype(job.dtype).type  # megatron wants the scalar type (np.uint16), not a dtype
+    builder = IndexedDatasetBuilder(tmp[".bin"], dtype=dtype)
+    docs = tokens = prompt_tokens = filtered = records = 0
+    unreported = [0, 0, time.monotonic()]
     formats: Counter = Counter()
-    bad_examples: list[str] = []
+    bad: list[str] = []
     prompt_lens: list[np.ndarray] = []
     try:
-        for chunk in tokenize_source(plan, tokenizer, num_workers, chunk_docs, on_bad_record):
-            n = len(chunk["lengths"]) if limit is None else min(len(chunk["lengths"]), limit - docs)
-            lengths = chunk["lengths"][:n]
-            append_documents(builder, chunk["ids"][: int(lengths.sum())], lengths)
-            prompt_lens.append(chunk["prompt_lens"][:n])
-            docs, tokens = docs + n, tokens + int(lengths.sum())
-            prompt_tokens += int(chunk["prompt_lens"][:n].sum())
-            records += chunk["n_items"]
-            filtered += chunk["filtered"]
-            n_bad += len(chunk["bad"])
-            bad_examples += chunk["bad"][: MAX_BAD_EXAMPLES - len(bad_examples)]
-            formats.update(FORMATS[i] for i in chunk["formats"][:n])
-            if limit is not None and docs >= limit:
+        for chunk in _chunks_of(job):
+            records += len(chunk)
+            found, n_filtered, n_bad = documents_of_chunk(chunk, job.spec, source, job.on_bad)
+            filtered += n_filtered
+            bad += n_bad
+            if job.max_docs is not None:
+                found = found[: job.max_docs - docs]
+            if found:
+                ids, lengths, plens = tokenize_documents(tok, found, dtype)
+                append_documents(builder, ids, lengths)
+                prompt_lens.append(plens)
+                formats.update(d.format for d in found)
+                docs, tokens, prompt_tokens = (
+                    docs + len(found),
+                    tokens + int(lengths.sum()),
+                    prompt_tokens + int(plens.sum()),
+                )
+                unreported[0] += len(found)
+                unreported[1] += int(lengths.sum())
+            if time.monotonic() - unreported[2] >= PROGRESS_EVERY_S:
+                report(source, unreported[0], unreported[1])
+                unreported[:] = [0, 0, time.monotonic()]
+            if job.max_docs is not None and docs >= job.max_docs:
                 break
-        builder.finalize(tmp + ".idx")
+        builder.finalize(tmp[".idx"])
+        with open(tmp[".prompt_len.npy"], "wb") as f:
+            np.save(f, np.concatenate(prompt_lens) if prompt_lens else np.zeros(0, np.int32))
+        report(source, unreported[0], unreported[1])
+        for ext, path in tmp.items():
+            os.replace(path, prefix + ext)
     except BaseException:
-        for suffix in (".bin", ".idx"):
-            if os.path.exists(tmp + suffix):
-                os.remove(tmp + suffix)
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
         raise
-    if docs == 0:
-        for suffix in (".bin", ".idx"):
-            os.remove(tmp + suffix)
-        raise DataError(
-            f"data.sources.{plan.name}: source is empty ({plan.describe()}: {records} records, "
-            f"{filtered} filtered out, {n_bad} bad)"
-        )
-    np.save(tmp + ".prompt_len.npy", np.concatenate(prompt_lens).astype(np.int32))
-    os.replace(tmp + ".bin", plan.prefix + ".bin")
-    os.replace(tmp + ".idx", plan.prefix + ".idx")
-    os.replace(tmp + ".prompt_len.npy", prompt_len_path(plan.prefix))
     seconds = time.perf_counter() - t0
-    manifest = {
-        "version": VERSION,
-        "source": plan.name,
-        "type": plan.spec.name,
-        "prefix": os.path.basename(plan.prefix),
+    record = {
+        "version": sh.VERSION,
+        "source": source,
+        "name": shard.name,
+        "key": shard.key,
+        "files": [f.path for f in shard.files],
+        "rows": [shard.start, shard.stop],
+        "input_bytes": shard.weight,
         "docs": docs,
         "tokens": tokens,
         "prompt_tokens": prompt_tokens,
-        "format_counts": dict(sorted(formats.items())),
-        "format": plan.spec.format,
         "records_read": records,
         "filtered_out": filtered,
-        "bad_records": {"count": n_bad, "examples": bad_examples},
-        "tokenizer": {"path": tokenizer.path, "hash": tokenizer.hash, "vocab_size": tokenizer.vocab_size},
-        "eod": tokenizer.eod,
-        "dtype": np.dtype(dtype).name,
-        "input": plan.describe(),
-        "source_revision": revision,
-        "max_docs": limit,
-        "fingerprint": fingerprint(plan, tokenizer, on_bad_record, revision),
-        "num_workers": num_workers,
+        "bad_records": {"count": len(bad), "examples": bad[:MAX_BAD_EXAMPLES]},
+        "format_counts": {k: formats[k] for k in FORMATS if formats[k]},
+        "bin_bytes": os.path.getsize(prefix + ".bin"),
         "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "host": socket.gethostname(),
     }
-    with open(manifest_path(plan.prefix) + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(manifest_path(plan.prefix) + ".tmp", manifest_path(plan.prefix))
-    return manifest
+    sh.write_json_atomic(prefix + ".json", record)  # last: a shard with a record is complete
+    return record
+
+
+# -- the worker processes --------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the main process dies (a killed job leaves no orphans writing shards)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _init_worker(tokenizer: Tokenizer | None, progress: Any, parent: int) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism is across processes
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    if tokenizer is not None:  # spawn: the tokenizer comes pickled (fork inherits _WORKER)
+        _WORKER["tokenizer"] = tokenizer
+    _WORKER["progress"] = progress
+
+
+def _report_to_queue(source: str, docs: int, tokens: int) -> None:
+    if docs or tokens:
+        _WORKER["progress"].put((source, docs, tokens))
+
+
+def _run_job(job: ShardJob) -> dict[str, Any]:
+    return build_shard(job, _WORKER["tokenizer"], _report_to_queue)
+
+
+def run_jobs(
+    jobs: list[ShardJob], tok: Tokenizer, num_workers: int, progress: Progress
+) -> list[dict[str, Any]]:
+    """Build ``jobs`` in ``num_workers`` processes (inline when <= 1); records in completion order."""
+    done: list[dict[str, Any]] = []
+
+    def finished(job: ShardJob, rec: dict[str, Any]) -> None:
+        progress.shard_done(job.shard.source, job.shard.weight, rec["tokens"])
+        done.append(rec)
+
+    if num_workers <= 1 or len(jobs) <= 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        for job in jobs:
+            rec = build_shard(job, tok, lambda s, d, t: (progress.add(s, d, t), progress.tick()))
+            finished(job, rec)
+        return done
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    counts = ctx.Queue()
+    if method == "fork":  # forked workers inherit the tokenizer: no 2 MB JSON to unpickle in each
+        _WORKER["tokenizer"] = tok
+    init = (None if method == "fork" else tok, counts, os.getpid())
+    pool = ctx.Pool(min(num_workers, len(jobs)), initializer=_init_worker, initargs=init)
+    try:
+        pending = {pool.apply_async(_run_job, (job,)): job for job in jobs}
+        while pending:
+            try:
+                progress.add(*counts.get(timeout=0.2))
+                while True:
+                    progress.add(*counts.get_nowait())
+            except queue.Empty:
+                pass
+            for res in [r for r in pending if r.ready()]:
+                finished(pending.pop(res), res.get())
+            progress.tick()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    try:  # counts the workers sent after their last poll
+        while True:
+            progress.add(*counts.get_nowait())
+    except queue.Empty:
+        pass
+    return done
+
+
+# -- the main side -------------------------------------------------------------------------------------------
+def shard_common(plan: SourcePlan, tok: Tokenizer, on_bad: str) -> dict[str, Any]:
+    """What every shard of ``plan`` depends on besides its inputs (part of each shard key)."""
+    return {
+        "version": sh.VERSION,
+        "selection": plan.selection.identity(),
+        "max_docs": plan.cfg.max_docs,
+        "on_bad_record": on_bad,
+        "tokenizer": tok.hash,
+        "eod": tok.eod,
+        "prompt_sep": PROMPT_SEP,
+    }
+
+
+def plan_document(plan: SourcePlan, tok: Tokenizer, shards: list[sh.Shard]) -> dict[str, Any]:
+    """``plan.json``: the source's identity and its shards."""
+    inputs = plan.inputs()
+    return {
+        "version": sh.VERSION,
+        "source": plan.name,
+        "type": plan.spec.name,
+        "format": plan.spec.format,
+        "selection": plan.selection.identity(),
+        "input": inputs.root,
+        "source_revision": inputs.revision,
+        "max_docs": plan.cfg.max_docs,
+        "tokenizer": {"path": tok.path, "hash": tok.hash, "vocab_size": tok.vocab_size},
+        "eod": tok.eod,
+        "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
+        "shards": [s.describe() for s in shards],
+    }
+
+
+def preflight(plan: SourcePlan, on_bad_record: str, shards: list[sh.Shard] | None = None) -> None:
+    """Fail now unless the source has one usable document (a bad record fails here too unless skipped); the
+    shards are scanned in order (``shards``: these first), stopping at the first document."""
+    columns = needed_fields(plan.spec)
+    seen = 0
+    groups = (
+        [(s.files, s.start, s.stop) for s in shards]
+        if shards
+        else [((f,), 0, None) for f in plan.inputs().files]
+    )
+    for files, start, stop in groups:
+        for f in files:
+            for record in iter_rows(f.local(), start, stop, columns, on_bad_record):
+                seen += 1
+                docs, _, _ = documents_of_chunk([record], plan.spec, plan.name, on_bad_record)
+                if docs:
+                    return
+    raise DataError(
+        f"data.sources.{plan.name}: source is empty ({plan.inputs().root}: {seen} records, no usable document)"
+    )
+
+
+def shards_of(plan: SourcePlan, tok: Tokenizer, data: Any) -> list[sh.Shard]:
+    """The source's shards (its files resolve, and a single file is counted, here)."""
+    rows_of = lambda f: sh.cached_row_count(plan.directory, f, count_rows)  # noqa: E731
+    common = shard_common(plan, tok, data.on_bad_record)
+    capped = plan.cfg.max_docs is not None
+    return sh.plan_shards(plan.name, plan.inputs().files, common, data.shard_docs, capped, rows_of)
+
+
+Planned = list[tuple[SourcePlan, list[sh.Shard]]]
+
+
+def progress_counts(planned: Planned, redo: set[tuple[str, int]]) -> dict[str, SourceCounts]:
+    """Per source: shards and input bytes, in all and already complete (not counting those to redo)."""
+    counts = {}
+    for plan, shards in planned:
+        done = [
+            s
+            for s in shards
+            if (plan.name, s.index) not in redo and sh.is_complete(plan.directory, s.describe())
+        ]
+        counts[plan.name] = SourceCounts(
+            len(shards), len(done), sum(s.weight for s in shards), sum(s.weight for s in done)
+        )
+    return counts
+
+
+def merge_all(
+    planned: Planned, built: Counter, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Merge every complete source: (manifests, names of the sources that still miss shards)."""
+    manifests, waiting = [], []
+    for plan, shards in planned:
+        try:
+            m = sh.merge(plan.directory)
+        except sh.IncompleteSource:
+            waiting.append(plan.name)
+            missing = len(sh.missing_shards(plan.directory))
+            log(f"{plan.name}: {missing} of {len(shards)} shards still to come from other tasks")
+            continue
+        manifests.append(m)
+        bad = f", {m['bad_records']['count']} bad records skipped" if m["bad_records"]["count"] else ""
+        state = f"{built[plan.name]} shards built" if built[plan.name] else "up to date"
+        log(
+            f"{plan.name}: {state}; {m['docs']:,} docs, {m['tokens']:,} tokens in {m['num_shards']} shards{bad} "
+            f"-> {plan.directory}"
+        )
+    return manifests, waiting
 
 
 def preprocess(
-    cfg: Any, force: bool = False, strict: bool = False, log: Callable[[str], None] = print
+    cfg: Any,
+    force: bool = False,
+    only: list[str] | None = None,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    log: Callable[[str], None] = print,
+    progress_out: Any = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Preprocess every source of ``cfg`` (all checked first): (manifests in recipe order, skipped sources).
-
-    A hub source that cannot be opened here is skipped with a message (an error when ``strict``); the mixture
-    and ``resolve_blend`` refuse a recipe whose sources are not all preprocessed, so nothing trains on less.
-    """
-    plans = plan_sources(cfg)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    on_bad = cfg.data.on_bad_record
-    ready, skipped = [], []
-    for plan in plans:
-        try:
-            preflight(plan, on_bad)
-            ready.append(plan)
-        except SourceUnavailable as e:
-            if strict:
-                raise
-            log(f"{plan.name}: skipped: {e}")
-            skipped.append(plan.name)
-    manifests = []
-    for plan in ready:
-        revision = plan.revision()
-        fp = fingerprint(plan, tokenizer, on_bad, revision)
-        if not force and is_up_to_date(plan.prefix, fp):
-            log(f"{plan.name}: up to date ({plan.prefix}.bin)")
-            manifests.append(read_manifest(plan.prefix))
-            continue
-        m = write_source(plan, tokenizer, cfg.data.num_workers, cfg.data.chunk_docs, on_bad, revision)
-        bad = f", {m['bad_records']['count']} bad records skipped" if m["bad_records"]["count"] else ""
+    """Preprocess the sources of ``cfg`` (``only`` those; as task ``shard_index`` of ``num_shards``):
+    (manifests of the sources that are complete, names of those still waiting for other tasks' shards)."""
+    if not 0 <= shard_index < num_shards:
+        raise DataError(f"--shard-index {shard_index} is not in [0, --num-shards {num_shards})")
+    data = cfg.data
+    plans = plan_sources(cfg, only)  # unknown sources and bad keys fail first
+    tok = load_tokenizer(data.tokenizer)
+    planned = [(plan, shards_of(plan, tok, data)) for plan in plans]  # then every source's files resolve
+    everything = [(plan, s) for plan, shards in planned for s in shards]
+    # this task's shards: round-robin over the shards of all sources, so small sources spread too
+    mine = [x for i, x in enumerate(everything) if i % num_shards == shard_index]
+    todo = [(p, s) for p, s in mine if force or not sh.is_complete(p.directory, s.describe())]
+    for plan, shards in planned:  # a source with nothing usable fails before any tokenizing
+        pending = [s for p, s in todo if p is plan]
+        if pending:
+            preflight(plan, data.on_bad_record, pending + [s for s in shards if s not in pending])
+    for plan, shards in planned:
+        sh.write_plan(plan.directory, plan_document(plan, tok, shards))
+    if todo:
+        workers = workers_of(data.num_workers)
         log(
-            f"{plan.name}: {m['docs']:,} docs, {m['tokens']:,} tokens in {m['seconds']:.2f}s "
-            f"({m['tokens_per_s']:,.0f} tokens/s, {cfg.data.num_workers} workers){bad} -> {plan.prefix}.bin"
+            f"preprocess: {len(todo)} shards to build of {len(everything)} (task {shard_index} of {num_shards}), "
+            f"{min(workers, len(todo))} worker processes"
         )
-        manifests.append(m)
-    return manifests, skipped
+        dtype = np.dtype(token_dtype(tok.vocab_size)).name
+        jobs = [
+            ShardJob(s, p.spec, p.directory, data.on_bad_record, p.cfg.max_docs, data.chunk_docs, dtype)
+            for p, s in todo
+        ]
+        progress = Progress(
+            progress_counts(planned, {(p.name, s.index) for p, s in todo}),
+            data.progress_interval,
+            progress_out,
+        )
+        try:
+            run_jobs(jobs, tok, workers, progress)
+        finally:
+            progress.close()
+    manifests, waiting = merge_all(planned, Counter(p.name for p, _ in todo), log)
+    if waiting and num_shards == 1:
+        raise DataError(f"sources still incomplete after a full run: {', '.join(waiting)}")
+    return manifests, waiting
+
+
+def merge_only(
+    cfg: Any, only: list[str] | None = None, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Merge every source's shard records into its manifest; IncompleteSource names the missing shards."""
+    out = []
+    for plan in plan_sources(cfg, only):
+        m = sh.merge(plan.directory)
+        log(
+            f"{plan.name}: {m['docs']:,} docs, {m['tokens']:,} tokens in {m['num_shards']} shards -> {plan.directory}"
+        )
+        out.append(m)
+    return out

@@ -1,25 +1,54 @@
-"""Raw records of a source: local JSONL / JSON / parquet files or a HF hub dataset (streamed).
+"""Raw records of one data file, through HF ``datasets``' packaged builders, streamed in Arrow batches.
 
-A record is ``(where, payload)``: ``where`` names its file and line (``data/x.jsonl:17``) or row index for error
-messages; ``payload`` is the raw JSONL line (parsed later, in the worker processes, so that parsing runs in
-parallel) or an already-parsed dict (JSON arrays, parquet, the hub). Parquet and the hub go through HF
-``datasets`` in streaming mode; JSONL is read line by line so that a malformed line can be named.
+A record is ``(where, row)``: ``where`` names its file and row (``data/x.jsonl[17]``, 0-based) or line
+(``data/x.jsonl:18``) for error messages, ``row`` a dict of the columns asked for. :func:`iter_rows` reads the
+rows ``[start, stop)`` of a file with ``load_dataset("json" | "parquet" | "arrow", data_files=[file],
+streaming=True)``: nothing is copied into a cache, memory stays at one batch, rows before ``start`` are skipped
+as Arrow tables (never converted to Python), and parquet reads only the needed columns. ``.jsonl.gz`` and
+``.jsonl.zst`` are decompressed on the fly (``zstandard``).
+
+JSON Lines that the builder cannot parse (a malformed line, a field whose type changes between blocks) are
+read on from the failing block line by line with ``json.loads`` (the builder's rows are the file's non-blank
+lines, so the row numbers agree): a malformed line is then named by file and line, or skipped and counted with
+``data.on_bad_record=skip`` (it yields ``(where, BadRecord)``).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from echo_megatron.config import ConfigError
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+BUILDERS = {  # file suffix -> HF datasets packaged builder
+    ".jsonl": "json",
+    ".json": "json",
+    ".jsonl.gz": "json",
+    ".json.gz": "json",
+    ".jsonl.zst": "json",
+    ".json.zst": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+BATCH_ROWS = 1000
 
-Record = tuple[str, Any]  # (where, raw line str | dict)
+
+class DataError(ConfigError):
+    """Bad input data (a malformed record, a missing field, an empty or unknown source): exit status 2."""
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record that could not be parsed (``data.on_bad_record=skip`` counts it)."""
+
+    message: str
+
+
+Record = tuple[str, Any]  # (where, row dict | BadRecord)
 
 
 def quiet_megatron_import() -> None:
@@ -29,28 +58,14 @@ def quiet_megatron_import() -> None:
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 
-class DataError(ConfigError):
-    """Bad input data (a malformed record, a missing field, an empty or unknown source): exit status 2."""
+def builder_of(path: str) -> str | None:
+    """The packaged builder that reads ``path`` (by suffix), None for an unsupported file."""
+    name = os.path.basename(path).lower()
+    return next((b for suffix, b in BUILDERS.items() if name.endswith(suffix)), None)
 
 
-def input_files(path: str, source: str) -> list[str]:
-    """The data files of a local ``path``: the file itself, or a directory's jsonl/json/parquet files (sorted)."""
-    if os.path.isfile(path):
-        if not path.endswith(LOCAL_SUFFIXES):
-            raise DataError(
-                f"source '{source}': {path}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)})"
-            )
-        return [path]
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f)
-            for f in os.listdir(path)
-            if f.endswith(LOCAL_SUFFIXES) and not f.startswith(".")
-        )
-        if not files:
-            raise DataError(f"source '{source}': directory {path} holds no {'/'.join(LOCAL_SUFFIXES)} files")
-        return files
-    raise DataError(f"source '{source}': path {path} does not exist")
+def is_json_lines(path: str) -> bool:
+    return builder_of(path) == "json" and ".jsonl" in os.path.basename(path).lower()
 
 
 def parse_json_line(line: str, where: str) -> dict:
@@ -65,8 +80,8 @@ def parse_json_line(line: str, where: str) -> dict:
 
 
 def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """``(line number, row)`` of a JSONL input file (prompts, eval sets; ``.gz`` or plain), parsed here, blank
-    lines skipped; a line that is not a JSON object raises a DataError naming file and line."""
+    """``(line number, row)`` of a small JSONL input file (prompts, eval sets; ``.gz`` or plain), blank lines
+    skipped; a line that is not a JSON object raises a DataError naming file and line."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -74,75 +89,109 @@ def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
                 yield i, parse_json_line(line, f"{path}:{i}")
 
 
-def _iter_jsonl(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{i}", line
-
-
-def _iter_json(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
-    if isinstance(rows, dict):  # {"data": [...]} or a single record
-        rows = next((v for v in rows.values() if isinstance(v, list)), [rows])
-    for i, row in enumerate(rows):
-        yield f"{path}[{i}]", row
-
-
-def _iter_datasets(where: str, *args: Any, **kwargs: Any) -> Iterator[Record]:
+def _quiet_datasets() -> None:
+    """No log lines or bars per file, and no download-count ping to S3 per ``load_dataset`` (these are local
+    files; on an offline node each ping would wait for its timeout)."""
     import datasets
 
-    ds = datasets.load_dataset(*args, streaming=True, **kwargs)
-    for i, row in enumerate(ds):
-        yield f"{where}[{i}]", row
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
 
 
-def iter_local(path: str, source: str) -> Iterator[Record]:
-    for f in input_files(path, source):
-        if f.endswith(".jsonl"):
-            yield from _iter_jsonl(f)
-        elif f.endswith(".json"):
-            yield from _iter_json(f)
-        else:
-            yield from _iter_datasets(f, "parquet", data_files=f, split="train")
+def _stream(path: str, columns: list[str] | None):
+    """The file as an IterableDataset of Arrow tables (parquet: only ``columns`` that exist)."""
+    import datasets
+
+    _quiet_datasets()
+    builder = builder_of(path)
+    kwargs: dict[str, Any] = {}
+    if builder == "parquet" and columns is not None:
+        import pyarrow.parquet as pq
+
+        present = set(pq.read_schema(path).names)
+        kwargs["columns"] = [c for c in columns if c in present] or None
+    ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
+    return ds.with_format("arrow")
 
 
-def iter_hub(hf_id: str, hf_config: str | None, split: str, revision: str | None, data_files: str | None):
-    if not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # fail fast (or read the local cache) instead of retrying for 25 s
-    kwargs: dict[str, Any] = {"split": split}
-    if revision:
-        kwargs["revision"] = revision
-    if data_files:
-        kwargs["data_files"] = data_files
-    return _iter_datasets(hf_id, hf_id, hf_config, **kwargs)
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the non-blank lines of a (possibly compressed) text file."""
+    import fsspec
+
+    with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                yield i, line
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the HF hub answers a TCP connect (offline mode counts as unreachable; cached data still loads)."""
-    import socket
-    from urllib.parse import urlparse
+def _line_rows(path: str, start: int, stop: int | None, columns: list[str] | None, on_bad: str):
+    """Rows [start, stop) of a JSON Lines file read with ``json.loads`` (row i = the i-th non-blank line)."""
+    for row, (lineno, line) in enumerate(_lines(path)):
+        if stop is not None and row >= stop:
+            return
+        if row < start:
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = parse_json_line(line, where)
+        except DataError as e:
+            if on_bad != "skip":
+                raise
+            yield where, BadRecord(str(e))
+            continue
+        yield where, record if columns is None else {c: record[c] for c in columns if c in record}
 
-    if any(os.environ.get(v, "0") not in ("0", "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+def iter_rows(
+    path: str,
+    start: int = 0,
+    stop: int | None = None,
+    columns: list[str] | None = None,
+    on_bad: str = "error",
+) -> Iterator[Record]:
+    """Records ``[start, stop)`` of one data file (``columns``: only these fields), in file order."""
+    if builder_of(path) is None:
+        raise DataError(f"{path}: unsupported file type (use {', '.join(BUILDERS)})")
+    row = 0  # rows the builder has delivered (yielded or skipped)
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+        for table in _stream(path, columns).iter(batch_size=BATCH_ROWS):
+            n = table.num_rows
+            if row + n <= start:
+                row += n
+                continue
+            lo, hi = max(0, start - row), n if stop is None else min(n, stop - row)
+            if hi > lo:
+                part = table.slice(lo, hi - lo)
+                if columns is not None:
+                    part = part.select([c for c in columns if c in part.column_names])
+                for i, rec in enumerate(part.to_pylist()):
+                    yield f"{path}[{row + lo + i}]", rec
+            row += n
+            if stop is not None and row >= stop:
+                return
+    except DataError:
+        raise
+    except Exception as e:  # the builder gave up on this file (a parse or schema error)
+        if not is_json_lines(path):
+            raise DataError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:300]})") from e
+        yield from _line_rows(path, max(row, start), stop, columns, on_bad)
 
 
-def fingerprint_local(path: str, source: str) -> str:
-    """sha256 over the contents of the source's files (the manifest's ``source_revision``)."""
-    h = hashlib.sha256()
-    for f in input_files(path, source):
-        h.update(os.path.basename(f).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()[:32]
+def count_rows(path: str) -> int:
+    """Rows of one data file as :func:`iter_rows` numbers them (parquet and Arrow from their metadata)."""
+    builder = builder_of(path)
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if builder == "arrow":
+        import datasets
+
+        return datasets.Dataset.from_file(path).num_rows
+    try:
+        return sum(t.num_rows for t in _stream(path, None).iter(batch_size=10 * BATCH_ROWS))
+    except Exception as e:
+        if not is_json_lines(path):
+            raise DataError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:300]})") from e
+        return sum(1 for _ in _lines(path))

@@ -302,9 +302,9 @@ def write_testbed(cfg) -> dict:
         summary["vocab_size"] = backend.get_vocab_size(with_added_tokens=True)
     if cfg.gsm8k_path:
         from echo_megatron.data.gsm8k3 import generate_gsm8k3
-        from echo_megatron.data.records import iter_local, parse_json_line
+        from echo_megatron.data.records import numbered_jsonl_rows
 
-        rows = [parse_json_line(line, where) for where, line in iter_local(cfg.gsm8k_path, "gsm8k")]
+        rows = [row for _, row in numbered_jsonl_rows(cfg.gsm8k_path)]
         g_rows, dropped = generate_gsm8k3(rows, dict(cfg.formats), cfg.seed)
         g_summary: dict = {"train": len(g_rows), "dropped": dropped}
         out = os.path.join(cfg.out, "gsm8k3")

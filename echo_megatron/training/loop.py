@@ -8,7 +8,6 @@ SIGTERM / SIGUSR1 (Slurm preemption) finish the current step, save and exit 0.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from echo_megatron.checkpoint import find_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from echo_megatron.checkpoint.schedule import is_save_step
+from echo_megatron.data.shards import source_of_prefix
 from echo_megatron.distributed import collectives
 from echo_megatron.faults import maybe_fail
 from echo_megatron.model.runtime import resolve_runtime
@@ -72,11 +72,11 @@ def _source_counts(train_ds, start: int, n: int) -> dict[str, float]:
     if index is None:
         return {}
     ids = np.asarray([index[(start + j) % len(index)] for j in range(n)])
-    names = [
-        os.path.basename(getattr(d, "dataset_path", None) or f"ds{i}")
-        for i, d in enumerate(train_ds.datasets)
-    ]
-    return {f"samples/{names[i]}": float((ids == i).sum()) for i in range(len(names))}
+    counts: dict[str, float] = {}
+    for i, d in enumerate(train_ds.datasets):  # a source's shards count as that source
+        name = source_of_prefix(getattr(d, "dataset_path", None) or f"ds{i}")
+        counts[f"samples/{name}"] = counts.get(f"samples/{name}", 0.0) + float((ids == i).sum())
+    return counts
 
 
 def pretrain(cfg: DictConfig) -> dict[str, float]:
