@@ -68,8 +68,12 @@ class Algorithm:
         )
 
     def denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's share of the step's divisor (megatron sums them over micro-batches and DP ranks):
+        its loss tokens (token_mean), 1 (micro_token_mean: the step averages micro-batch means), else its rows."""
         if self.rl.loss_agg == "token_mean":
             return mask.sum().to(torch.int)
+        if self.rl.loss_agg == "micro_token_mean":
+            return torch.tensor(1, dtype=torch.int, device=mask.device)
         return torch.tensor(mask.shape[0], dtype=torch.int, device=mask.device)
 
     def policy_loss(self, mb: Experience, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
