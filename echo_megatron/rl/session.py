@@ -85,7 +85,7 @@ class Trainable:
 def build_trainable(cfg: DictConfig, chunks: list, schedule: LRSchedule) -> Trainable:
     """``chunks`` under a fresh optimizer whose LR follows ``schedule`` (config.rl.rl_lr_schedule: the
     ``rl.lr_*`` keys, not pretraining's ``schedule:``), one scheduler step per optimizer step."""
-    optimizer = build_optimizer(cfg, chunks, lr=schedule.peak)
+    optimizer = build_optimizer(cfg, chunks, lr=schedule.peak, min_lr=schedule.floor)
     s = schedule
     scheduler = param_scheduler(
         optimizer, s.peak, s.floor, s.warmup_steps, s.total_steps, s.decay_style, cfg.optimizer.weight_decay

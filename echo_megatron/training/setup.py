@@ -58,15 +58,25 @@ def build_model_chunks(
     ]
 
 
-def build_optimizer(cfg: DictConfig, model: list, lr: float | None = None, weight_decay: float | None = None):
+def build_optimizer(
+    cfg: DictConfig,
+    model: list,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    min_lr: float | None = None,
+):
+    """megatron's optimizer over ``model``. Its param groups carry ``max_lr`` = ``lr`` and ``min_lr`` (default
+    ``lr x optimizer.min_lr_ratio``), which megatron's OptimizerParamScheduler reads before its own: the
+    floor of the schedule is the optimizer's ``min_lr``."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     o = cfg.optimizer
     bf16 = cfg.train.precision in ("bf16", "fp8")
+    peak = o.lr if lr is None else lr
     ocfg = OptimizerConfig(
         optimizer="adam",  # megatron's "adam" is AdamW (decoupled weight decay)
-        lr=o.lr if lr is None else lr,
-        min_lr=(o.lr if lr is None else lr) * o.min_lr_ratio,
+        lr=peak,
+        min_lr=peak * o.min_lr_ratio if min_lr is None else min_lr,
         weight_decay=o.weight_decay if weight_decay is None else weight_decay,
         adam_beta1=o.beta1,
         adam_beta2=o.beta2,
