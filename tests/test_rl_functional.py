@@ -477,6 +477,25 @@ def test_select_for_sft_caps_per_question_and_handles_empty_rounds():
     assert select_for_sft([])[1].metrics()["accuracy"] == 0.0
 
 
+def test_micro_token_mean_policy_loss_is_the_micro_batch_token_mean_over_a_divisor_of_one():
+    """megatron divides the step's summed numerators by the summed denominators: 1 per micro-batch makes the
+    step's loss the mean of the micro-batches' token means (F.micro_token_mean)."""
+    from echo_megatron.config import load_config
+    from echo_megatron.rl.algorithms import make_algorithm
+    from echo_megatron.rl.experience import Experience
+
+    cfg = load_config("recipes/demo/grpo_testbed.yaml", ["rl.loss_agg=micro_token_mean"])
+    algo = make_algorithm(cfg)
+    mask = t([[1, 1, 1, 0], [1, 0, 0, 0]]).float()
+    adv = t([[1.0, 1.0, 1.0, 0.0], [-2.0, 0.0, 0.0, 0.0]]).float()
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    exp = Experience(ids, ids, mask, ids, torch.zeros(2, 4), old_logp=torch.zeros(2, 4), advantages=adv)
+    num, den, report = algo.policy_loss(exp, torch.zeros(2, 4), torch.zeros(2, 4))
+    # ratio 1: per-token loss -A = -1, -1, -1 | 2 -> token mean (-3 + 2) / 4 = -0.25, divisor 1
+    assert int(den) == 1 and float(num) == pytest.approx(-0.25)
+    assert report["pg_loss"].tolist() == pytest.approx([-0.25, 1.0])
+
+
 # -- device: every tensor an algorithm makes follows its inputs (on a GPU a CPU tensor is an error) --------------
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo", "reinforce_pp"])
 @pytest.mark.parametrize(
