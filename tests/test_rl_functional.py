@@ -494,6 +494,12 @@ def test_micro_token_mean_policy_loss_is_the_micro_batch_token_mean_over_a_divis
     # ratio 1: per-token loss -A = -1, -1, -1 | 2 -> token mean (-3 + 2) / 4 = -0.25, divisor 1
     assert int(den) == 1 and float(num) == pytest.approx(-0.25)
     assert report["pg_loss"].tolist() == pytest.approx([-0.25, 1.0])
+    ppo = make_algorithm(load_config("recipes/demo/ppo_testbed.yaml", ["rl.loss_agg=micro_token_mean"]))
+    values = t([[1.0, 3.0, 0.0, 9.0], [2.0, 9.0, 9.0, 9.0]]).float()
+    exp = exp.replace(old_values=values, returns=torch.zeros(2, 4))
+    loss, den, report = ppo.value_loss(exp, values)  # 0.5 x (1 + 9 + 0 + 4) / 4 tokens, divisor 1
+    assert int(den) == 1 and float(loss) == pytest.approx(1.75)
+    assert report["value_loss"].tolist() == pytest.approx([1.75, 1.0])
 
 
 # -- device: every tensor an algorithm makes follows its inputs (on a GPU a CPU tensor is an error) --------------

@@ -151,7 +151,8 @@ class RLConfig:
     grpo_scale_by_std: bool = True  # GRPO: divide by the group std (False = Dr. GRPO)
     entropy_bonus: float = 0.0
     # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm | micro_token_mean (the
-    # paper: a token mean per micro-batch, averaged over the optimizer step's micro-batches; rl/functional.py)
+    # paper: a token mean per micro-batch, averaged over the optimizer step's micro-batches, for the critic's
+    # value loss too; the critic is a token mean otherwise; rl/functional.py)
     loss_agg: str = "token_mean"
     adv_eps: float = 1e-6  # GRPO std epsilon
     sample_interval: int = 10  # write generations every N steps

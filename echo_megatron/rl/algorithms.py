@@ -159,22 +159,26 @@ class PPO(Algorithm):
         return Advantages(adv, ret)
 
     def value_loss(self, mb: Experience, values: torch.Tensor) -> tuple:
+        """The critic's token mean over the step (NeMo-Aligner), or with ``rl.loss_agg: micro_token_mean`` the
+        mean of the micro-batches' token means (OpenRLHF's ValueLoss, as the policy's)."""
         mask = mb.mask
+        agg = "micro_token_mean" if self.rl.loss_agg == "micro_token_mean" else "token_mean"
         loss, stats = F.clipped_value_loss(
             values,
             mb.old_values,
             mb.returns,
             mask,
             self.rl.loss_clip_val,
-            agg="token_mean",
+            agg=agg,
             num_tokens=1.0,
         )
         tokens = mask.sum()
+        den = self.denominator(mask) if agg == "micro_token_mean" else tokens.to(torch.int)
         report = {
-            "value_loss": torch.stack([loss.detach(), tokens]),
+            "value_loss": torch.stack([loss.detach(), den.to(loss.dtype)]),
             "vf_clip_frac": torch.stack([stats["vf_clip_frac"] * tokens, tokens]),
         }
-        return loss, tokens.to(torch.int), report
+        return loss, den, report
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"grpo": GRPO, "ppo": PPO, "reinforce_pp": ReinforcePP}
