@@ -165,7 +165,8 @@ def _derived(recipe: str, what: str) -> Any:
         from echo_megatron.data.sources import select
 
         name, attr = what.removeprefix("@source.").rsplit(".", 1)
-        own = cfg.data.sources.get(name) or OmegaConf.structured(SourceConfig)  # a registry source not mixed in
+        # a registry source not mixed in: its defaults
+        own = cfg.data.sources.get(name) or OmegaConf.structured(SourceConfig)
         chosen = select(name, own)  # registry entry + the recipe's keys
         if attr == "hf_id":
             return own.hf_id or chosen.spec.hf_id
@@ -348,10 +349,13 @@ def render_table(data: dict, rows: list[Row]) -> str:
         if r.status == "pending":
             why = r.setting.get("pending") or "no key: " + ", ".join(p.name for p in r.probes if p.missing)
             out.append(f"- **{r.id}** ({r.setting['what']}): {why}")
-    out += ["", "## Set in the recipes, acted on by code still to come", ""]
-    for r in rows:
-        if r.setting.get("wiring") and not r.setting.get("pending"):
-            out.append(f"- **{r.id}** ({_cell(r.setting['echo_key'])}): {r.setting['wiring']}")
+    wiring = [
+        f"- **{r.id}** ({_cell(r.setting['echo_key'])}): {r.setting['wiring']}"
+        for r in rows
+        if r.setting.get("wiring") and not r.setting.get("pending")
+    ]
+    if wiring:
+        out += ["", "## Set in the recipes, acted on by code still to come", "", *wiring]
     for scope, title in SCOPES.items():
         out += [
             "",

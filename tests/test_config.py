@@ -80,6 +80,8 @@ def test_child_recipe_preset_wins(tmp_path):
         (["rl.prompt_template=chat"], "rl.prompt_template: unknown 'chat' \\(separator \\| raw\\)"),
         (["rl.ei_max_new_tokens=0"], "rl.ei_max_new_tokens must be >= 1"),
         (["rl.train_batch_size=0"], "rl.train_batch_size must be >= 1"),
+        (["rl.loss_agg=sum"], "rl.loss_agg: unknown 'sum' \\(token_mean \\| .* \\| micro_token_mean\\)"),
+        (["rl.ppo_epochs=0"], "rl.ppo_epochs must be >= 1"),
         (
             ["rl.train_batch_size=48"],
             r"rl.train_batch_size \(48\) must divide the rollout: .* = 64 x 8 = 512",
@@ -118,6 +120,39 @@ def test_rl_lr_schedule_is_the_papers():
         0,
         "constant",
     )  # defaults: constant
+
+
+def test_lr_at_is_megatrons_scheduler_step_by_step():
+    """The RL / EI schedule a Trainable runs (training/setup.py param_scheduler, megatron's
+    OptimizerParamScheduler, one step per optimizer step) gives optimizer step k the LR lr_at(schedule, k)."""
+    import torch
+
+    from echo_megatron.config.rl import LRSchedule, lr_at, updates_per_rollout
+    from echo_megatron.training.setup import param_scheduler
+
+    for style, peak, floor, warmup, total in (
+        ("cosine", 1e-6, 1e-7, 3, 20),
+        ("linear", 2e-4, 5e-5, 0, 7),
+        ("constant", 1e-4, 1e-5, 2, 6),
+    ):
+        s = LRSchedule(peak, floor, warmup, style, total)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+        sched = param_scheduler(opt, s.peak, s.floor, s.warmup_steps, s.total_steps, s.decay_style, 0.0)
+        seen = []
+        for _ in range(total + 2):  # two steps past the horizon: the floor
+            seen.append(opt.param_groups[0]["lr"])
+            sched.step(increment=1)
+        assert seen == pytest.approx([lr_at(s, k) for k in range(total + 2)], rel=1e-12, abs=0), style
+    # hand values: warmup 3 of 20, cosine 1e-6 -> 1e-7
+    s = LRSchedule(1e-6, 1e-7, 3, "cosine", 20)
+    assert [lr_at(s, k) for k in (0, 1, 3)] == pytest.approx([0.0, 1e-6 / 3, 1e-6])
+    assert lr_at(s, 3 + 17 / 2) == pytest.approx(1e-7 + 0.9e-6 * 0.5)  # half way: the mean of peak and floor
+    assert lr_at(s, 20) == lr_at(s, 99) == pytest.approx(1e-7)
+    # the paper: 512 samples / 64 per step = 8 optimizer steps a rollout; null: 1; ppo_epochs multiplies
+    rl = load_config("recipes/paper/rl/150m_ppo.yaml").rl
+    assert updates_per_rollout(rl, 8) == 8
+    demo = load_config("recipes/demo/grpo_testbed.yaml", ["rl.ppo_epochs=2"]).rl
+    assert updates_per_rollout(demo, 8) == 2
 
 
 def test_prompt_templates():

@@ -275,6 +275,45 @@ def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, 
     assert _generations(tmp_path / "eval" / "testbed.generations.jsonl") == want
 
 
+def _spy(fn, calls: list):
+    """``fn``, recording its first argument in ``calls``."""
+
+    def wrapped(first, **kwargs):
+        calls.append(first)
+        return fn(first, **kwargs)
+
+    return wrapped
+
+
+def test_eval_prompts_follow_rl_prompt_template(pretrained):
+    """rl.prompt_template=raw (the paper's eval): the live model is given the question alone, not question +
+    "\\n\\n" (the default). The real backend runs; a spy records the prompt ids it is given."""
+    from omegaconf import OmegaConf
+
+    from echo_megatron.distributed.init import destroy
+    from echo_megatron.eval.generation import model_generator
+    from echo_megatron.eval.run import task_path
+    from echo_megatron.eval.tasks import load_task
+    from echo_megatron.rollout.loading import load_policy
+
+    policy = load_policy(str(pretrained), EVAL)
+    try:
+        tok = policy.tokenizer
+        problems = load_task("testbed", path=task_path(policy.cfg, "testbed"), max_problems=3)
+        kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0)
+        for template, text in (("raw", lambda q: q), ("separator", lambda q: q + "\n\n")):
+            cfg = OmegaConf.merge(policy.cfg, {"rl": {"prompt_template": template}})
+            gen = model_generator(policy.model, tok, cfg)
+            seen: list = []
+            gen.backend.generate = _spy(gen.backend.generate, seen)
+            out = gen(problems, **kw)
+            assert seen == [[tok.encode(text(p.question)) for p in problems]], template
+            assert len(out) == 3 and all(len(c) == 1 for c in out)
+        assert tok.encode("Q?") != tok.encode("Q?\n\n")  # the two templates are different prompts
+    finally:
+        destroy()
+
+
 def test_eval_command_refuses_bad_input_with_status_2(pretrained, tmp_path):
     from echo_megatron.cli import main
 

@@ -311,7 +311,7 @@ def test_aggregation_decides_how_much_a_long_response_token_weighs():
     close(weights["seq_mean_token_sum"], [[0.5, 0.5, 0.5], [0.5, 0, 0]])
 
 
-@pytest.mark.parametrize("mode", F.LOSS_AGG_MODES)
+@pytest.mark.parametrize("mode", [m for m in F.LOSS_AGG_MODES if m != "micro_token_mean"])
 def test_aggregate_loss_micro_batches_with_global_normalisers_sum_to_the_batch(mode):
     g = torch.Generator().manual_seed(4)
     loss = torch.randn(6, 5, generator=g, dtype=f64)
@@ -323,6 +323,38 @@ def test_aggregate_loss_micro_batches_with_global_normalisers_sum_to_the_batch(m
         for i in (0, 2, 4)
     )
     close(parts, whole, atol=1e-12)
+
+
+def test_micro_token_mean_is_the_mean_of_micro_batch_token_means():
+    # micro-batch 1 = LOSS: tokens 1, 2, 3 | 4 -> 10 / 4 = 2.5; micro-batch 2: one token 6 -> 6.
+    loss2, mask2 = t([[6.0, 9.0]]), t([[1, 0]])
+    close(F.micro_token_mean([LOSS, loss2], [LOSS_MASK, mask2]), (2.5 + 6.0) / 2)  # 4.25
+    # token_mean over the 5 tokens would be 16 / 5 = 3.2: the lone token of micro-batch 2 weighs 1/2, not 1/5
+    parts = [
+        F.aggregate_loss(x, m, "micro_token_mean", num_micro_batches=2)
+        for x, m in ((LOSS, LOSS_MASK), (loss2, mask2))
+    ]
+    close(sum(parts), 4.25)
+    close(F.aggregate_loss(LOSS, LOSS_MASK, "micro_token_mean"), 2.5)  # one micro-batch: its token mean
+    close(F.micro_token_mean([LOSS], [LOSS_MASK]), F.aggregate_loss(LOSS, LOSS_MASK, "token_mean"))
+    with pytest.raises(ValueError, match="2 losses for 1 masks"):
+        F.micro_token_mean([LOSS, loss2], [LOSS_MASK])
+
+
+def test_mini_batch_rows_split_a_shuffled_rollout_into_optimizer_steps():
+    assert [r.tolist() for r in F.mini_batch_rows(6, None)] == [list(range(6))]  # null: one step, in order
+    g = torch.Generator().manual_seed(0)
+    first = F.mini_batch_rows(12, 4, g)
+    assert [len(r) for r in first] == [4, 4, 4]
+    flat = [int(i) for r in first for i in r]
+    assert sorted(flat) == list(range(12)) and flat != list(range(12))  # every row once, shuffled
+    second = [int(i) for r in F.mini_batch_rows(12, 4, g) for i in r]  # the next ppo epoch: a new order
+    assert sorted(second) == list(range(12)) and second != flat
+    again = F.mini_batch_rows(12, 4, torch.Generator().manual_seed(0))
+    assert [int(i) for r in again for i in r] == flat  # the same seed, the same steps
+    assert len(F.mini_batch_rows(12, 12, g)) == 1
+    with pytest.raises(ValueError, match="mini-batch size 5 does not divide the 12 rows"):
+        F.mini_batch_rows(12, 5, g)
 
 
 # ---------------------------------------------------------------------------------------------------------- losses
@@ -445,10 +477,42 @@ def test_select_for_sft_caps_per_question_and_handles_empty_rounds():
     assert select_for_sft([])[1].metrics()["accuracy"] == 0.0
 
 
+def test_micro_token_mean_policy_loss_is_the_micro_batch_token_mean_over_a_divisor_of_one():
+    """megatron divides the step's summed numerators by the summed denominators: 1 per micro-batch makes the
+    step's loss the mean of the micro-batches' token means (F.micro_token_mean)."""
+    from echo_megatron.config import load_config
+    from echo_megatron.rl.algorithms import make_algorithm
+    from echo_megatron.rl.experience import Experience
+
+    cfg = load_config("recipes/demo/grpo_testbed.yaml", ["rl.loss_agg=micro_token_mean"])
+    algo = make_algorithm(cfg)
+    mask = t([[1, 1, 1, 0], [1, 0, 0, 0]]).float()
+    adv = t([[1.0, 1.0, 1.0, 0.0], [-2.0, 0.0, 0.0, 0.0]]).float()
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    exp = Experience(ids, ids, mask, ids, torch.zeros(2, 4), old_logp=torch.zeros(2, 4), advantages=adv)
+    num, den, report = algo.policy_loss(exp, torch.zeros(2, 4), torch.zeros(2, 4))
+    # ratio 1: per-token loss -A = -1, -1, -1 | 2 -> token mean (-3 + 2) / 4 = -0.25, divisor 1
+    assert int(den) == 1 and float(num) == pytest.approx(-0.25)
+    assert report["pg_loss"].tolist() == pytest.approx([-0.25, 1.0])
+    ppo = make_algorithm(load_config("recipes/demo/ppo_testbed.yaml", ["rl.loss_agg=micro_token_mean"]))
+    values = t([[1.0, 3.0, 0.0, 9.0], [2.0, 9.0, 9.0, 9.0]]).float()
+    exp = exp.replace(old_values=values, returns=torch.zeros(2, 4))
+    loss, den, report = ppo.value_loss(exp, values)  # 0.5 x (1 + 9 + 0 + 4) / 4 tokens, divisor 1
+    assert int(den) == 1 and float(loss) == pytest.approx(1.75)
+    assert report["value_loss"].tolist() == pytest.approx([1.75, 1.0])
+
+
 # -- device: every tensor an algorithm makes follows its inputs (on a GPU a CPU tensor is an error) --------------
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo", "reinforce_pp"])
 @pytest.mark.parametrize(
-    "loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
+    "loss_agg",
+    [
+        "token_mean",
+        "seq_mean_token_mean",
+        "seq_mean_token_sum",
+        "seq_mean_token_sum_norm",
+        "micro_token_mean",
+    ],
 )
 def test_algorithm_math_stays_on_the_inputs_device(algorithm, loss_agg):
     """Advantages, policy loss and value loss over inputs on the ``meta`` device: a tensor made on the CPU

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from echo_megatron.config.rl import LR_DECAY_STYLES, PROMPT_TEMPLATES
+from echo_megatron.config.rl import LOSS_AGG_MODES, LR_DECAY_STYLES, PROMPT_TEMPLATES
 
 
 class ConfigValueError(ValueError):
@@ -54,6 +54,10 @@ def _rl(cfg: Any) -> None:
         raise ConfigValueError(
             f"rl.prompt_template: unknown '{rl.prompt_template}' ({' | '.join(PROMPT_TEMPLATES)})"
         )
+    if rl.loss_agg not in LOSS_AGG_MODES:
+        raise ConfigValueError(f"rl.loss_agg: unknown '{rl.loss_agg}' ({' | '.join(LOSS_AGG_MODES)})")
+    if rl.ppo_epochs < 1:
+        raise ConfigValueError(f"rl.ppo_epochs must be >= 1, got {rl.ppo_epochs}")
     if rl.ei_max_new_tokens is not None and rl.ei_max_new_tokens < 1:
         raise ConfigValueError(f"rl.ei_max_new_tokens must be >= 1 (or null), got {rl.ei_max_new_tokens}")
     tbs = rl.train_batch_size

@@ -10,6 +10,14 @@ from echo_megatron.rewards.policy import SandboxPolicy
 
 LR_DECAY_STYLES = ("constant", "cosine", "linear")
 PROMPT_TEMPLATES = ("separator", "raw")
+# rl.loss_agg: the modes of echo_megatron.rl.functional.aggregate_loss (formulas there)
+LOSS_AGG_MODES = (
+    "token_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_mean_token_sum_norm",
+    "micro_token_mean",
+)
 _POLICY = SandboxPolicy()  # the sandbox defaults
 
 
@@ -142,7 +150,9 @@ class RLConfig:
     normalize_advantages: bool = True  # PPO: whiten advantages over the batch
     grpo_scale_by_std: bool = True  # GRPO: divide by the group std (False = Dr. GRPO)
     entropy_bonus: float = 0.0
-    # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm (rl/functional.py)
+    # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm | micro_token_mean (the
+    # paper: a token mean per micro-batch, averaged over the optimizer step's micro-batches, for the critic's
+    # value loss too; the critic is a token mean otherwise; rl/functional.py)
     loss_agg: str = "token_mean"
     adv_eps: float = 1e-6  # GRPO std epsilon
     sample_interval: int = 10  # write generations every N steps
@@ -170,6 +180,44 @@ class LRSchedule:
     warmup_steps: int
     decay_style: str
     total_steps: int
+
+
+def updates_per_rollout(rl: Any, rollout_n: int) -> int:
+    """Optimizer steps of the actor (and of the critic) per rollout: ppo_epochs x (num_rollout_samples x
+    rollout_n / train_batch_size), or ppo_epochs when train_batch_size is null (the whole rollout per step)."""
+    if rl.train_batch_size is None:
+        return int(rl.ppo_epochs)
+    return int(rl.ppo_epochs) * (rl.num_rollout_samples * rollout_n // rl.train_batch_size)
+
+
+def lr_at(schedule: LRSchedule, step: int) -> float:
+    """The LR of optimizer step ``step`` (0-based: the first step runs at lr_at(s, 0)).
+
+    With peak P, floor F, warmup W and total N (megatron's OptimizerParamScheduler.get_lr as
+    training/setup.py builds it; transformers' get_cosine_with_min_lr_schedule_with_warmup is the same curve):
+        step < W              P * step / W                            (linear warmup from 0)
+        constant              P
+        step >= N             F
+        else, r = (step - W) / (N - W):
+            linear            F + (P - F) * (1 - r)
+            cosine            F + (P - F) * 0.5 * (1 + cos(pi * r))
+    """
+    s = schedule
+    if s.warmup_steps > 0 and step <= s.warmup_steps:
+        return s.peak * step / s.warmup_steps
+    if s.decay_style == "constant":
+        return s.peak
+    decay_steps = max(s.total_steps, s.warmup_steps + 1)
+    if step >= decay_steps:
+        return s.floor
+    r = (step - s.warmup_steps) / (decay_steps - s.warmup_steps)
+    if s.decay_style == "linear":
+        coeff = 1.0 - r
+    elif s.decay_style == "cosine":
+        coeff = 0.5 * (math.cos(math.pi * r) + 1.0)
+    else:
+        raise ValueError(f"unknown LR decay style '{s.decay_style}' ({' | '.join(LR_DECAY_STYLES)})")
+    return s.floor + coeff * (s.peak - s.floor)
 
 
 def rl_lr_schedule(rl: Any, model: str, total_steps: int) -> LRSchedule:

@@ -2,7 +2,8 @@
 eval prompts and Expert Iteration's SFT documents alike.
 
     prompt_text(question)              -> question + "\\n\\n"          (what the model is given)
-    document_text(question, solution)  -> prompt_text(question) + solution
+    document_text(question, solution)  -> prompt_text(question) + solution (EI's SFT documents: under
+                                          rl.prompt_template, the form the policy generated them in)
     prompt_text(question, "raw")       -> question                  (rl.prompt_template=raw: the paper's RL and
                                                                     eval prompts; the model writes the separator)
 
@@ -27,6 +28,6 @@ def prompt_text(question: str, template: str = "separator") -> str:
     return question + PROMPT_SEP
 
 
-def document_text(question: str, solution: str) -> str:
-    """A whole training document: the prompt, then the solution as written."""
-    return prompt_text(question) + solution
+def document_text(question: str, solution: str, template: str = "separator") -> str:
+    """A whole training document: the prompt under ``template``, then the solution as written."""
+    return prompt_text(question, template) + solution

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from echo_megatron.config import ConfigError
+from echo_megatron.data.prompt import prompt_text
 from echo_megatron.eval.tasks import Problem
 
 PROMPT_TOO_LONG = "prompt_too_long"  # finish reason of a problem whose prompt leaves no room to generate
@@ -35,13 +36,22 @@ Generator = Callable[..., list[list[Completion]]]
 
 
 class SamplerGenerator:
-    """Generations from a rollout backend (``Sampler.generate``) on the prompts ``question + "\\n\\n"``.
+    """Generations from a rollout backend (``Sampler.generate``) on the prompts ``prompt_text(question,
+    template)``: ``question + "\\n\\n"`` (separator), or the question alone (raw; ``rl.prompt_template``).
 
     A prompt that leaves no room to generate (``len(ids) >= backend.max_seq_len``) gets an empty completion
     with finish reason ``prompt_too_long`` (scored as wrong), not an error.
     """
 
-    def __init__(self, backend, tokenizer, *, top_k: int = 0, stop: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        backend,
+        tokenizer,
+        *,
+        top_k: int = 0,
+        stop: Sequence[str] = (),
+        template: str = "separator",
+    ) -> None:
         if tokenizer is None:
             raise ConfigError(
                 "eval needs the run's tokenizer (data.tokenizer.path) to turn questions into prompts; "
@@ -51,6 +61,7 @@ class SamplerGenerator:
         self.tokenizer = tokenizer
         self.top_k = int(top_k)
         self.stop = list(stop)
+        self.template = template
         self.max_seq_len = getattr(backend, "max_seq_len", None)
 
     def __call__(
@@ -63,7 +74,7 @@ class SamplerGenerator:
         max_new_tokens: int,
         seed: int,
     ) -> list[list[Completion]]:
-        ids = [self.tokenizer.encode(p.prompt) for p in problems]
+        ids = [self.tokenizer.encode(prompt_text(p.question, self.template)) for p in problems]
         fits = [i for i, q in enumerate(ids) if self.max_seq_len is None or len(q) < self.max_seq_len]
         out = [[Completion("", PROMPT_TOO_LONG, 0) for _ in range(n)] for _ in problems]
         if fits:
@@ -100,7 +111,7 @@ def model_generator(model, tokenizer, cfg) -> SamplerGenerator:
         decode=tokenizer.decode,
         max_batch=cfg.eval.batch_size,
     )
-    return SamplerGenerator(backend, tokenizer, stop=list(cfg.rollout.stop))
+    return SamplerGenerator(backend, tokenizer, stop=list(cfg.rollout.stop), template=cfg.rl.prompt_template)
 
 
 def reference_generator(fmt: str | None = None) -> Generator:

@@ -68,8 +68,12 @@ class Algorithm:
         )
 
     def denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        """This micro-batch's share of the step's divisor (megatron sums them over micro-batches and DP ranks):
+        its loss tokens (token_mean), 1 (micro_token_mean: the step averages micro-batch means), else its rows."""
         if self.rl.loss_agg == "token_mean":
             return mask.sum().to(torch.int)
+        if self.rl.loss_agg == "micro_token_mean":
+            return torch.tensor(1, dtype=torch.int, device=mask.device)
         return torch.tensor(mask.shape[0], dtype=torch.int, device=mask.device)
 
     def policy_loss(self, mb: Experience, logp: torch.Tensor, entropy: torch.Tensor) -> tuple:
@@ -155,22 +159,26 @@ class PPO(Algorithm):
         return Advantages(adv, ret)
 
     def value_loss(self, mb: Experience, values: torch.Tensor) -> tuple:
+        """The critic's token mean over the step (NeMo-Aligner), or with ``rl.loss_agg: micro_token_mean`` the
+        mean of the micro-batches' token means (OpenRLHF's ValueLoss, as the policy's)."""
         mask = mb.mask
+        agg = "micro_token_mean" if self.rl.loss_agg == "micro_token_mean" else "token_mean"
         loss, stats = F.clipped_value_loss(
             values,
             mb.old_values,
             mb.returns,
             mask,
             self.rl.loss_clip_val,
-            agg="token_mean",
+            agg=agg,
             num_tokens=1.0,
         )
         tokens = mask.sum()
+        den = self.denominator(mask) if agg == "micro_token_mean" else tokens.to(torch.int)
         report = {
-            "value_loss": torch.stack([loss.detach(), tokens]),
+            "value_loss": torch.stack([loss.detach(), den.to(loss.dtype)]),
             "vf_clip_frac": torch.stack([stats["vf_clip_frac"] * tokens, tokens]),
         }
-        return loss, tokens.to(torch.int), report
+        return loss, den, report
 
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"grpo": GRPO, "ppo": PPO, "reinforce_pp": ReinforcePP}

@@ -15,10 +15,12 @@ case kept); the first occurrence in input order is the one kept, so a fixed samp
 
 ``ei_round`` runs round r on the RL session: sample ``rl.ei_samples`` solutions for each of
 ``rl.num_rollout_samples`` training questions from the current policy at ``rl.ei_temperature`` /
-``rl.ei_top_p``; add the verified-correct, deduplicated ones to those of earlier rounds; then fine-tune on
-``question + "\\n\\n" + solution`` with the loss on the solution (and EOD) only, for ``rl.ei_sft_epochs``
-epochs at ``rl.ei_sft_lr`` with global batch ``rl.ei_sft_batch``, starting from the base (``rl.ei_from_base``,
-as in the paper) or from the current policy. The SFT step is the pretraining step machinery
+``rl.ei_top_p``, up to ``rl.ei_max_new_tokens`` tokens; keep the verified-correct, deduplicated ones, added to
+those of earlier rounds (``rl.ei_accumulate``) or alone (the paper); then fine-tune on the prompt
+(``rl.prompt_template``) + solution with the loss on the solution (and EOD) only, for ``rl.ei_sft_epochs``
+epochs at ``rl.ei_sft_lr`` (``rl_lr_schedule(rl, "ei_sft", the round's SFT steps)``: warmup, decay to the
+floor) with global batch ``rl.ei_sft_batch``, starting from the base (``rl.ei_from_base``, as in the paper)
+or from the current policy. The SFT step is the pretraining step machinery
 (``training.step.train_step`` with the LM loss). A round's SFT set is written to ``samples/ei_round_R.jsonl``;
 a resumed run continues after the last saved round with the same accumulated set.
 """
@@ -36,6 +38,7 @@ import torch
 from megatron.core import parallel_state as ps
 
 from echo_megatron.checkpoint import load_checkpoint
+from echo_megatron.config.rl import rl_lr_schedule
 from echo_megatron.data.prompt import document_text, prompt_text
 from echo_megatron.distributed import collectives
 from echo_megatron.rewards.formats import FORMATS, OTHER
@@ -159,9 +162,10 @@ def select_for_sft(
     return kept, stats
 
 
-def sft_documents(samples: Iterable[EISample]) -> list[str]:
-    """Training documents ``question + "\\n\\n" + solution`` (the solution as generated, not normalised)."""
-    return [document_text(s.question, s.solution) for s in samples]
+def sft_documents(samples: Iterable[EISample], template: str = "separator") -> list[str]:
+    """Training documents: the prompt (``prompt_text(question, template)``) + the solution as generated (not
+    normalised)."""
+    return [document_text(s.question, s.solution, template) for s in samples]
 
 
 # -- the round on the RL session ---------------------------------------------------------------------------------
@@ -184,11 +188,14 @@ def save_kept(session: RLSession, rnd: int, kept: list[EISample]) -> None:
     collectives.barrier()
 
 
-def sft_rows(tok, samples: list[EISample], seq_length: int) -> list[dict[str, torch.Tensor]]:
-    """One document per row from position 0, padded; loss on the solution and its EOD only."""
+def sft_rows(
+    tok, samples: list[EISample], seq_length: int, template: str = "separator"
+) -> list[dict[str, torch.Tensor]]:
+    """One document per row from position 0 (the prompt under ``template``, then the solution), padded; loss
+    on the solution and its EOD only."""
     rows = []
     for s in samples:
-        q = tok.encode(prompt_text(s.question))
+        q = tok.encode(prompt_text(s.question, template))
         a = tok.encode(s.solution) + [tok.eod]
         ids = (q + a)[: seq_length + 1]
         tokens = torch.full((seq_length + 1,), tok.pad, dtype=torch.long)
@@ -209,7 +216,10 @@ def sft_rows(tok, samples: list[EISample], seq_length: int) -> list[dict[str, to
 def sample_round(session: RLSession, rnd: int) -> tuple[list[EISample], dict[str, float]]:
     """Best-of-n samples of this round's questions, scored and gathered over DP (the same on every rank)."""
     rl = session.cfg.rl
-    samples = session.sample(rnd, n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p)
+    max_new = rl.ei_max_new_tokens or session.cfg.rollout.max_new_tokens
+    samples = session.sample(
+        rnd, n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p, max_new_tokens=max_new
+    )
     t0 = time.perf_counter()
     rows = session.write_samples(rnd, samples)
     solutions = [
@@ -229,15 +239,15 @@ def sft(session: RLSession, kept: list[EISample], rnd: int) -> dict[str, float]:
     chunks = session.policy.chunks
     if rl.ei_from_base:
         load_checkpoint(session.base(), chunks, load_rng=False)
-    rows = sft_rows(session.tok, kept, cfg.model.seq_length)
+    rows = sft_rows(session.tok, kept, cfg.model.seq_length, rl.prompt_template)
     gbs = min(rl.ei_sft_batch, len(rows))
     steps_per_epoch = max(1, len(rows) // gbs)
-    policy = build_trainable(cfg, chunks, rl.ei_sft_lr, rl.ei_sft_epochs * steps_per_epoch)
+    policy = build_trainable(cfg, chunks, rl_lr_schedule(rl, "ei_sft", rl.ei_sft_epochs * steps_per_epoch))
     session.policy = policy
     dp, r = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mbs_size = rl.micro_batch_size
     g = torch.Generator().manual_seed(rl.seed * 7919 + rnd)
-    losses = []
+    losses, lrs = [], []
     for _ in range(rl.ei_sft_epochs):
         order = torch.randperm(len(rows), generator=g).tolist()
         for s in range(steps_per_epoch):
@@ -249,10 +259,13 @@ def sft(session: RLSession, kept: list[EISample], rnd: int) -> dict[str, float]:
             ]
             out = train_step(chunks, policy.optimizer, policy.scheduler, mbs, lm_loss, cfg.model.seq_length)
             losses.append(out["loss"])
+            lrs.append(out["lr"])
     return {
         "sft_loss_first": losses[0],
         "sft_loss_last": losses[-1],
         "sft_steps": float(len(losses)),
+        "lr": sum(lrs) / len(lrs),  # the mean over the round's SFT steps (rl_lr_schedule "ei_sft")
+        "sft_lr_last": lrs[-1],
         "sft_docs": float(len(rows)),
     }
 
@@ -262,7 +275,7 @@ def ei_round(session: RLSession, kept: list[EISample], rnd: int) -> tuple[list[E
     rl = session.cfg.rl
     samples, timing = sample_round(session, rnd)
     new, stats = select_for_sft(samples, rl.ei_max_per_question)
-    kept = select_for_sft(kept + new, rl.ei_max_per_question)[0]
+    kept = select_for_sft(kept + new, rl.ei_max_per_question)[0] if rl.ei_accumulate else new
     out = {**stats.metrics(), **timing, "ei/total_kept": float(len(kept))}
     if not kept:
         _say(session.rank, f"EI round {rnd}: no correct sample yet; nothing to fine-tune on")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from echo_megatron.rl.functional import span_mask
+from echo_megatron.rl.functional import mini_batch_rows, span_mask
 from echo_megatron.rollout.backend import Rollout
 
 # [rows, width] tensors filled with the pad token (not 0) when the width grows
@@ -115,17 +115,12 @@ class Experience:
         return [self.select(slice(s, s + size)) for s in range(0, self.rows, size)]
 
     def mini_batches(
-        self, size: int, micro_batch_size: int, generator: torch.Generator
+        self, size: int | None, micro_batch_size: int, generator: torch.Generator | None = None
     ) -> list[list[Experience]]:
-        """Shuffled groups of ``size`` rows (one optimizer step each), each split into micro-batches.
-
-        The rows are permuted with ``generator`` (a CPU generator: the same order on every device), so
-        every row is in exactly one mini-batch; ``size`` must divide the number of rows.
-        """
-        if size <= 0 or self.rows % size:
-            raise ValueError(f"mini-batch size {size} does not divide the {self.rows} rows of the batch")
-        order = torch.randperm(self.rows, generator=generator)
-        return [
-            self.select(order[s : s + size]).micro_batches(micro_batch_size)
-            for s in range(0, self.rows, size)
-        ]
+        """The optimizer steps of one pass over the rows (``functional.mini_batch_rows``), each split into
+        micro-batches: shuffled groups of ``size`` rows drawn with ``generator`` (every row in exactly one;
+        ``size`` must divide the number of rows), or for ``size`` None all rows in their order, one step."""
+        steps = mini_batch_rows(self.rows, size, generator)
+        if size is None:
+            return [self.micro_batches(micro_batch_size)]
+        return [self.select(rows).micro_batches(micro_batch_size) for rows in steps]

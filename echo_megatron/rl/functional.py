@@ -21,13 +21,11 @@ from collections.abc import Callable
 
 import torch
 
+from echo_megatron.config.rl import LOSS_AGG_MODES
+
+__all__ = ["LOSS_AGG_MODES"]  # re-exported: the modes of aggregate_loss live with the config that names them
+
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "abs", "k2", "k3")
-LOSS_AGG_MODES: tuple[str, ...] = (
-    "token_mean",
-    "seq_mean_token_mean",
-    "seq_mean_token_sum",
-    "seq_mean_token_sum_norm",
-)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Masked statistics
@@ -351,6 +349,7 @@ def aggregate_loss(
     num_tokens: float | torch.Tensor | None = None,
     num_seqs: float | torch.Tensor | None = None,
     norm_len: float | None = None,
+    num_micro_batches: float | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss ``[B, T]`` to a scalar.
 
@@ -362,12 +361,22 @@ def aggregate_loss(
     seq_mean_token_sum_norm  1/B sum_i sum_t m l / norm_len     Dr. GRPO (Liu et al. 2025): a constant
                                                                 normaliser (the generation budget) removes the
                                                                 length bias of seq_mean_token_mean
+    micro_token_mean         (sum_{i,t} m l / sum_{i,t} m) / M  the token mean of this micro-batch, one of the M
+                                                                micro-batches of an optimizer step (summed: the
+                                                                mean of their token means; ``num_micro_batches``
+                                                                = M, default 1). OpenRLHF's actor loss
+                                                                (masked_mean per packed micro-batch, DeepSpeed
+                                                                averaging the accumulated micro-batches): the
+                                                                paper's setting; see micro_token_mean()
     ``num_tokens`` / ``num_seqs`` replace the local denominators sum m / B by global ones, so that summing the
     values of micro-batches (or of data-parallel ranks) gives exactly the value of the whole batch.
     """
     if mode == "token_mean":
         denom = masked_count(mask).to(loss.dtype) if num_tokens is None else num_tokens
         return masked_sum(loss, mask) / torch.as_tensor(denom, dtype=loss.dtype).clamp_min(1.0)
+    if mode == "micro_token_mean":
+        mean = masked_sum(loss, mask) / masked_count(mask).to(loss.dtype).clamp_min(1.0)
+        return mean / (1.0 if num_micro_batches is None else num_micro_batches)
     if mode == "seq_mean_token_mean":
         per_seq = masked_mean(loss, mask, dim=-1)
     elif mode == "seq_mean_token_sum":
@@ -380,6 +389,37 @@ def aggregate_loss(
         raise ValueError(f"unknown loss aggregation '{mode}' (expected one of {', '.join(LOSS_AGG_MODES)})")
     denom = loss.size(0) if num_seqs is None else num_seqs
     return per_seq.sum() / torch.as_tensor(denom, dtype=loss.dtype).clamp_min(1.0)
+
+
+def micro_token_mean(losses: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """The loss of one optimizer step under ``micro_token_mean``: 1/M sum_k (sum m_k l_k / sum m_k) over its M
+    micro-batches ``[B_k, T_k]`` (OpenRLHF, openrlhf/models/loss.py PolicyLoss masked_mean, with DeepSpeed's
+    gradient accumulation dividing by M). Unlike token_mean, a token of a micro-batch with few response tokens
+    weighs more; with one micro-batch the two agree. Equals the sum of
+    ``aggregate_loss(l_k, m_k, "micro_token_mean", num_micro_batches=M)``.
+    """
+    if not losses or len(losses) != len(masks):
+        raise ValueError(f"micro_token_mean: {len(losses)} losses for {len(masks)} masks (need >= 1 each)")
+    means = [masked_sum(x, m) / masked_count(m).to(x.dtype).clamp_min(1.0) for x, m in zip(losses, masks)]
+    return torch.stack(means).mean()
+
+
+def mini_batch_rows(
+    rows: int, size: int | None, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """The row indices of the optimizer steps over one pass of a rollout buffer of ``rows`` samples.
+
+    ``size`` = None: one step over all rows in their order (no shuffle). Else a random permutation of the rows
+    (drawn from ``generator``, a CPU generator: the same on every device) cut into ``rows / size`` steps of
+    ``size``: every row in exactly one step (OpenRLHF's shuffled DataLoader over the replay buffer, one pass per
+    ppo epoch, --train_batch_size samples per optimizer step). ``size`` must divide ``rows``.
+    """
+    if size is None:
+        return [torch.arange(rows)]
+    if size <= 0 or rows % size:
+        raise ValueError(f"mini-batch size {size} does not divide the {rows} rows of the rollout")
+    order = torch.randperm(rows, generator=generator)
+    return [order[s : s + size] for s in range(0, rows, size)]
 
 
 def ppo_clip_loss(

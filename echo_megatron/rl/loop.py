@@ -4,7 +4,9 @@
     train_ei   Expert Iteration: one step = one round, ``ei.ei_round`` (best-of-n, filter, SFT)
 
 Both run ``run_steps``: log each step's metrics, save a checkpoint every ``checkpoint.save_interval`` steps
-(EI: every round, with its SFT set), at the end and on SIGTERM / SIGUSR1 (then stop). Resume is exact:
+and at the steps listed in ``checkpoint.save_steps`` (the paper's log-spaced rollouts; checkpoint/schedule.py,
+as pretraining reads them; EI: every round, with its SFT set), at the end and on SIGTERM / SIGUSR1 (then
+stop). Resume is exact:
 policy, critic, optimizers, schedulers, RNG and the prompt position (= the step) come back from
 ``RUN_DIR/checkpoints`` (critic: ``checkpoints/critic``); EI's accumulated SFT set from its round file.
 The config is read, never written, except the model's vocabulary size set from the tokenizer (session.py).
@@ -16,6 +18,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from echo_megatron.checkpoint.schedule import is_save_step
 from echo_megatron.faults import maybe_fail
 from echo_megatron.rl.algorithms import make_algorithm
 from echo_megatron.rl.ei import ei_round, load_kept
@@ -51,7 +54,7 @@ def run_steps(
             shown = (("acc", "accuracy"), ("reward", "reward"))
             bar.update(1, **{name: f"{out[key]:.2f}" for name, key in shown if key in out})
             want_stop = stop.any_rank(session.device)
-            if (save_interval and step % save_interval == 0) or step == session.steps or want_stop:
+            if is_save_step(step, save_interval, cfg.checkpoint.save_steps, session.steps) or want_stop:
                 save(step)
             if want_stop:
                 _say(session.rank, f"stopping at RL step {step} (signal); checkpoint saved")

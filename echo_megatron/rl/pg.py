@@ -4,7 +4,8 @@
     exp = experience(session, samples)                padded tensors on the device (Experience)
     exp = score_tokens(session, pg, exp)              old / reference log-probs, critic values (no grad)
     adv = pg.algo.advantages(exp, scores, n)          the algorithm (algorithms.py)
-    out = update(session, pg, exp + adv)              rl.ppo_epochs x (policy step [+ critic step])
+    out = update(session, pg, exp + adv, step)        rl.ppo_epochs x shuffled mini-batches of
+                                                      rl.train_batch_size: (policy step [+ critic step]) each
 
 through the same megatron step machinery as pretraining (``training.step.train_step``), then per-format
 metrics and samples. ``build_pg`` adds the models an algorithm needs to the session: a critic (PPO, a
@@ -17,8 +18,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from megatron.core import parallel_state as ps
 from omegaconf import DictConfig
 
+from echo_megatron.config.rl import rl_lr_schedule, updates_per_rollout
 from echo_megatron.distributed import collectives
 from echo_megatron.eval.estimators import format_metrics
 from echo_megatron.model.precision import width_multiple
@@ -49,7 +52,8 @@ def build_pg(session: RLSession, algo: Algorithm) -> tuple[PolicyGradient, int]:
     critic = None
     if algo.needs_critic:
         chunks = build_critic_chunks(cfg, session.vocab_size, session.device)
-        critic = build_trainable(cfg, chunks, cfg.rl.critic_lr, session.steps)
+        total = session.steps * updates_per_rollout(cfg.rl, cfg.rollout.n)
+        critic = build_trainable(cfg, chunks, rl_lr_schedule(cfg.rl, "critic", total))
     start = session.restore(critic)
     reference = None
     if algo.needs_reference:
@@ -77,8 +81,24 @@ def score_tokens(session: RLSession, pg: PolicyGradient, exp: Experience) -> Exp
     return exp.replace(old_logp=old_logp, ref_logp=ref_logp, old_values=values)
 
 
-def update(session: RLSession, pg: PolicyGradient, exp: Experience) -> dict[str, float]:
-    """``rl.ppo_epochs`` passes over ``exp``: one optimizer step of the policy (and of the critic) each."""
+def local_train_batch(train_batch_size: int | None) -> int | None:
+    """This DP rank's rows per optimizer step: ``rl.train_batch_size`` counts samples over all DP ranks."""
+    if train_batch_size is None:
+        return None
+    dp = ps.get_data_parallel_world_size()
+    if train_batch_size % dp:
+        raise ValueError(
+            f"rl.train_batch_size ({train_batch_size}) must divide by the data-parallel size ({dp})"
+        )
+    return train_batch_size // dp
+
+
+def update(session: RLSession, pg: PolicyGradient, exp: Experience, step: int) -> dict[str, float]:
+    """``rl.ppo_epochs`` passes over the rollout ``exp``, each cut into optimizer steps of ``rl.train_batch_size``
+    samples (reshuffled every pass, seeded by ``rl.seed`` and the step; null: the whole rollout, in order, in one
+    step): an update of the policy (and of the critic) each. ``exp`` keeps the log-probs and values of the
+    rollout, so from the second update on the ratio leaves 1 and the clip acts. Returns the mean of each
+    statistic over the updates and their number (``updates``)."""
     cfg = session.cfg
     temp = cfg.rollout.temperature
 
@@ -89,19 +109,27 @@ def update(session: RLSession, pg: PolicyGradient, exp: Experience) -> dict[str,
             ent = ent.detach()
         return pg.algo.policy_loss(mb, logp, ent)
 
-    out: dict[str, float] = {}
+    size = local_train_batch(cfg.rl.train_batch_size)
+    shuffle = torch.Generator().manual_seed(cfg.rl.seed * 1_000_003 + step)  # CPU: the same on every device
+    seq = cfg.model.seq_length
     p, c = session.policy, pg.critic
+    rows: list[dict[str, float]] = []
     for _ in range(cfg.rl.ppo_epochs):
-        mbs = exp.micro_batches(cfg.rl.micro_batch_size)
-        seq = cfg.model.seq_length
-        out.update(train_step(p.chunks, p.optimizer, p.scheduler, mbs, policy_loss, seq, policy_logits))
-        if c is not None:
-            crit = train_step(c.chunks, c.optimizer, c.scheduler, mbs, pg.algo.value_loss, seq, critic_values)
-            out.update({k: v for k, v in crit.items() if k in ("value_loss", "vf_clip_frac")})
-            out["critic_grad_norm"] = crit["grad_norm"]
-    for k in ("loss", "skipped"):
-        out.pop(k, None)
-    return out
+        for mbs in exp.mini_batches(size, cfg.rl.micro_batch_size, shuffle):
+            out = train_step(p.chunks, p.optimizer, p.scheduler, mbs, policy_loss, seq, policy_logits)
+            if c is not None:
+                crit = train_step(
+                    c.chunks, c.optimizer, c.scheduler, mbs, pg.algo.value_loss, seq, critic_values
+                )
+                out.update({k: v for k, v in crit.items() if k in ("value_loss", "vf_clip_frac")})
+                out["critic_grad_norm"] = crit["grad_norm"]
+                out["critic_lr"] = crit["lr"]
+            for k in ("loss", "skipped"):
+                out.pop(k, None)
+            rows.append(out)
+    means = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    means["updates"] = float(len(rows))
+    return means
 
 
 def rollout_metrics(session: RLSession, step: int, samples: Samples, exp: Experience) -> dict[str, float]:
@@ -136,7 +164,7 @@ def pg_step(session: RLSession, pg: PolicyGradient, step: int) -> dict[str, floa
     exp = score_tokens(session, pg, experience(session, samples))
     adv = pg.algo.advantages(exp, scores, samples.n)
     exp = exp.replace(advantages=adv.advantages, returns=adv.returns)
-    out = update(session, pg, exp)
+    out = update(session, pg, exp, step)
     if not all(v == v for v in out.values()):  # NaN anywhere: stop before another update
         raise FloatingPointError(f"RL step {step}: non-finite training statistics {out}")
     out.update(rollout_metrics(session, step, samples, exp))

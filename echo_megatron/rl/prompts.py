@@ -1,7 +1,8 @@
 """RL prompt sets and the resumable per-step prompt sampler.
 
 A prompt set is a task name from ``echo_megatron.eval.tasks`` (``gsm8k_train``, ``testbed`` ...) or a JSONL
-file with ``question`` and ``answer`` fields. The policy sees ``question + "\\n\\n"`` and writes the solution.
+file with ``question`` and ``answer`` fields. The policy sees ``prompt_text(question, rl.prompt_template)``
+(``question + "\\n\\n"``, or the raw question) and writes the solution.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Prompt:
 
     @property
     def text(self) -> str:
+        """The prompt under the default template (the RL session applies ``rl.prompt_template``)."""
         return prompt_text(self.question)
 
 

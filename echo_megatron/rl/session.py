@@ -23,6 +23,8 @@ from megatron.core import parallel_state as ps
 from omegaconf import DictConfig
 
 from echo_megatron.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from echo_megatron.config.rl import LRSchedule, rl_lr_schedule, updates_per_rollout
+from echo_megatron.data.prompt import prompt_text
 from echo_megatron.data.tokenizer import load_tokenizer
 from echo_megatron.distributed import collectives
 from echo_megatron.distributed.init import initialize
@@ -39,7 +41,7 @@ from echo_megatron.training.setup import (
     attach_schedule_hooks,
     build_model_chunks,
     build_optimizer,
-    build_scheduler,
+    param_scheduler,
 )
 
 _SCORE_FIELDS = ("format", "extracted", "correct", "reward", "error")  # of a ScoreResult, in samples files
@@ -80,10 +82,14 @@ class Trainable:
     scheduler: Any
 
 
-def build_trainable(cfg: DictConfig, chunks: list, lr: float, steps: int) -> Trainable:
-    """``chunks`` under a fresh optimizer at ``lr`` with the configured schedule over ``steps`` steps."""
-    optimizer = build_optimizer(cfg, chunks, lr=lr)
-    scheduler = build_scheduler(cfg, optimizer, steps, lr=lr)
+def build_trainable(cfg: DictConfig, chunks: list, schedule: LRSchedule) -> Trainable:
+    """``chunks`` under a fresh optimizer whose LR follows ``schedule`` (config.rl.rl_lr_schedule: the
+    ``rl.lr_*`` keys, not pretraining's ``schedule:``), one scheduler step per optimizer step."""
+    optimizer = build_optimizer(cfg, chunks, lr=schedule.peak, min_lr=schedule.floor)
+    s = schedule
+    scheduler = param_scheduler(
+        optimizer, s.peak, s.floor, s.warmup_steps, s.total_steps, s.decay_style, cfg.optimizer.weight_decay
+    )
     attach_schedule_hooks(chunks, optimizer)
     return Trainable(chunks, optimizer, scheduler)
 
@@ -113,7 +119,7 @@ class RLSession:
     run: RunDir
     prompts: list[Prompt]
     sampler: PromptSampler
-    steps: int  # the run's length (steps, or EI rounds): sizes the LR schedule and ends the loop
+    steps: int  # the run's length (steps, or EI rounds): ends the loop
     policy: Trainable
     backend: Any  # rollout.backend.RolloutBackend on policy.chunks[0]
     scorer: Scorer
@@ -166,7 +172,8 @@ class RLSession:
     def rollout(self, step: int, prompt_idx: list[int], **overrides: Any) -> list[Rollout]:
         """``rollout.n`` samples for each prompt (``overrides`` replace sampling parameters, e.g. for EI)."""
         c = self.cfg.rollout
-        ids = [self.tok.encode(self.prompts[i].text) for i in prompt_idx]
+        template = self.cfg.rl.prompt_template
+        ids = [self.tok.encode(prompt_text(self.prompts[i].question, template)) for i in prompt_idx]
         params = dict(
             n=c.n,
             max_new_tokens=c.max_new_tokens,
@@ -242,7 +249,12 @@ def build_session(cfg: DictConfig, num_steps: Callable[[int], int]) -> RLSession
     dp = ps.get_data_parallel_world_size()
     if cfg.rl.num_rollout_samples % dp:
         raise ValueError(f"rl.num_rollout_samples ({cfg.rl.num_rollout_samples}) must divide by dp ({dp})")
-    policy = build_trainable(cfg, build_model_chunks(cfg, vocab, device), cfg.rl.actor_lr, steps)
+    # EI replaces this optimizer every round (ei.sft); its schedule here only sizes what a checkpoint restores
+    if cfg.rl.algorithm == "ei":
+        schedule = rl_lr_schedule(cfg.rl, "ei_sft", steps)
+    else:
+        schedule = rl_lr_schedule(cfg.rl, "actor", steps * updates_per_rollout(cfg.rl, cfg.rollout.n))
+    policy = build_trainable(cfg, build_model_chunks(cfg, vocab, device), schedule)
     backend = make_backend(
         cfg.rollout.backend,
         policy.chunks[0],

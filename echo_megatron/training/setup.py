@@ -58,15 +58,25 @@ def build_model_chunks(
     ]
 
 
-def build_optimizer(cfg: DictConfig, model: list, lr: float | None = None, weight_decay: float | None = None):
+def build_optimizer(
+    cfg: DictConfig,
+    model: list,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    min_lr: float | None = None,
+):
+    """megatron's optimizer over ``model``. Its param groups carry ``max_lr`` = ``lr`` and ``min_lr`` (default
+    ``lr x optimizer.min_lr_ratio``), which megatron's OptimizerParamScheduler reads before its own: the
+    floor of the schedule is the optimizer's ``min_lr``."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     o = cfg.optimizer
     bf16 = cfg.train.precision in ("bf16", "fp8")
+    peak = o.lr if lr is None else lr
     ocfg = OptimizerConfig(
         optimizer="adam",  # megatron's "adam" is AdamW (decoupled weight decay)
-        lr=o.lr if lr is None else lr,
-        min_lr=(o.lr if lr is None else lr) * o.min_lr_ratio,
+        lr=peak,
+        min_lr=peak * o.min_lr_ratio if min_lr is None else min_lr,
         weight_decay=o.weight_decay if weight_decay is None else weight_decay,
         adam_beta1=o.beta1,
         adam_beta2=o.beta2,
@@ -101,22 +111,40 @@ def use_fused_torch_adamw(optimizer) -> int:
 
 
 def build_scheduler(cfg: DictConfig, optimizer, total_steps: int, lr: float | None = None):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
+    """Pretraining's schedule (``schedule:`` and ``optimizer.min_lr_ratio``) over ``total_steps`` steps."""
     o, s = cfg.optimizer, cfg.schedule
     max_lr = o.lr if lr is None else lr
     decay = s.decay_steps or total_steps
+    return param_scheduler(
+        optimizer, max_lr, max_lr * o.min_lr_ratio, s.warmup_steps, decay, s.decay_style, o.weight_decay
+    )
+
+
+def param_scheduler(
+    optimizer,
+    max_lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    decay_steps: int,
+    decay_style: str,
+    weight_decay: float,
+):
+    """megatron's ``OptimizerParamScheduler``: linear warmup from 0 over ``warmup_steps`` (none: from
+    ``max_lr``), then ``decay_style`` to ``min_lr`` at ``decay_steps``; constant weight decay. The curve is
+    ``echo_megatron.config.rl.lr_at``."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if s.warmup_steps else max_lr,
+        init_lr=0.0 if warmup_steps else max_lr,
         max_lr=max_lr,
-        min_lr=max_lr * o.min_lr_ratio,
-        lr_warmup_steps=s.warmup_steps,
-        lr_decay_steps=max(decay, s.warmup_steps + 1),
-        lr_decay_style=s.decay_style,
-        start_wd=o.weight_decay,
-        end_wd=o.weight_decay,
-        wd_incr_steps=max(decay, 1),
+        min_lr=min_lr,
+        lr_warmup_steps=warmup_steps,
+        lr_decay_steps=max(decay_steps, warmup_steps + 1),
+        lr_decay_style=decay_style,
+        start_wd=weight_decay,
+        end_wd=weight_decay,
+        wd_incr_steps=max(decay_steps, 1),
         wd_incr_style="constant",
     )
 
