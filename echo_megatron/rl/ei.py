@@ -209,7 +209,9 @@ def sft_rows(tok, samples: list[EISample], seq_length: int) -> list[dict[str, to
 def sample_round(session: RLSession, rnd: int) -> tuple[list[EISample], dict[str, float]]:
     """Best-of-n samples of this round's questions, scored and gathered over DP (the same on every rank)."""
     rl = session.cfg.rl
-    samples = session.sample(rnd, n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p)
+    samples = session.sample(
+        rnd, purpose="ei", n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p
+    )
     t0 = time.perf_counter()
     rows = session.write_samples(rnd, samples)
     solutions = [
