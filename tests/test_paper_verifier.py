@@ -190,6 +190,28 @@ def test_config_switches():
         load_config("recipes/demo/grpo_testbed.yaml", ["rewards.verifier=lenient"])
 
 
+def test_eval_reads_rewards_verifier_and_formats_classifier(tmp_path):
+    """``evaluate`` scores with the configured verifier on the eval path: an OMI-1 solution that prints the gold
+    is right for the strict verifier (its printed output) and wrong for the paper's ('None', no fallback)."""
+    from echo_megatron.eval.generation import Completion
+    from echo_megatron.eval.run import evaluate
+
+    def printing(problems, *, n, **_):
+        return [
+            [Completion(f"Let's use Python.\n<llm-code>\nprint({p.answer})\n</llm-code>\n")] * n
+            for p in problems
+        ]
+
+    base = ["logging.tensorboard=false", "logging.progress_bar=false", "rewards.sandbox_workers=1"]
+    base += ["eval.max_problems=3", f"rewards.timeout_s={TIMEOUT_S}"]
+    got = {}
+    for verifier in ("strict", "paper"):
+        cfg = load_config(None, [*base, f"rewards.verifier={verifier}", f"formats.classifier={verifier}"])
+        got[verifier] = evaluate(printing, ["gsm8k"], cfg, step=0, run_dir=str(tmp_path / verifier))["gsm8k"]
+    assert got["strict"]["pass@1"] == 1.0 and got["paper"]["pass@1"] == 0.0
+    assert got["paper"]["per_format"]["code_interp"]["count"] == 3
+
+
 # --- hostile programs under paper mode --------------------------------------------------------------------------
 GOLD = str(secrets.randbelow(9 * 10**11) + 10**11)  # 12 digits, in no program's text
 ATTACKS = (  # time, exits, files, environment, processes, network: each returns 42 only if it got through
