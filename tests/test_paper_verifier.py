@@ -119,6 +119,23 @@ def test_pure_rules():
     assert tinygsm_program("define it") == "defdefine it"
     assert paper_text("A</s>", "Q? ", "reward") == "Q? A" and paper_text("A</s>", "Q? ", "eval") == "A</s>"
     assert paper_gold("#### 1,080") == "#### 1,080" and paper_gold("3\\sqrt{13}") == "\\boxed{3\\sqrt{13}}"
+    assert paper_gold("-0.5") == "-0.5" and paper_gold(231) == "231"
+
+
+def test_the_extracted_gold_parses_as_the_papers_whole_label():
+    """Eval and RL hand the verifier the task's extracted final answer (GSM8K's number, MATH's box content, AIME's
+    integer); ``paper_gold`` makes math-verify parse it as the paper's ``parse(str(label))`` of the whole label."""
+    from math_verify import parse
+
+    from echo_megatron.eval.tasks import boxed_gold, gsm8k_gold, plain_gold
+
+    extract = {"gsm8k": gsm8k_gold, "math": boxed_gold, "aime": plain_gold}
+    wrong = [
+        (c["id"], got, e["gold_parsed"])
+        for c, e in zip(CASES, EXPECTED)
+        if (got := [str(x) for x in parse(paper_gold(extract[c["task"]](c["gold"])))]) != e["gold_parsed"]
+    ]
+    assert not wrong
 
 
 def _cli(tmp_path: Path, rows: list[dict], *flags: str) -> list[dict]:

@@ -29,8 +29,9 @@ The three call paths (``PURPOSES``) differ in the text and the comparison:
 
 The gold is ``parse(str(label))``: the paper passes GSM8K's whole answer field (its last number) and MATH's whole
 solution (its ``\boxed{}``). echo-megatron's tasks hand over the extracted final answer, so ``paper_gold``
-boxes a bare answer: ``parse("\boxed{3\sqrt{13}}")`` is ``parse`` of the solution, where the bare
-``parse("3\sqrt{13}")`` would read ``3``.
+boxes a bare LaTeX answer: ``parse("\boxed{3\sqrt{13}}")`` is ``parse`` of the solution, where the bare
+``parse("3\sqrt{13}")`` would read ``3`` (a plain number stays bare: ``parse("0.5")`` is what ``#### 0.5`` gives,
+``\boxed{0.5}`` would become the rational 1/2).
 
 Deliberate differences (the sandbox): programs run in a fresh sandboxed child each (the paper: in-process, state
 shared between calls), under the sandbox's wall-clock and CPU limits (``rewards.timeout_s``, the paper's 3 s
@@ -41,6 +42,7 @@ is cut before it is parsed.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from echo_megatron.rewards.formats import CODE, CODE_INTERP, NL
@@ -54,6 +56,7 @@ EOS = "</s>"  # Llama-2's end of sequence, which the paper's reward_func removes
 # the paper's response_type labels -> echo-megatron's format labels (formats.py)
 LLM_CODE, TINYGSM_CODE, TEXT = "llm-code", "tinygsm-code", "text"
 LABELS: dict[str, str] = {LLM_CODE: CODE_INTERP, TINYGSM_CODE: CODE, TEXT: NL}
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def paper_text(completion: str, prompt: str | None, purpose: str) -> str:
@@ -86,11 +89,12 @@ def tinygsm_program(text: str) -> str:
 
 
 def paper_gold(reference: object) -> str:
-    r"""The gold text to ``parse``: a whole solution (it has ``####`` or ``\boxed``) as given, as the paper passes
-    its labels; a bare final answer (what echo-megatron's tasks extract) inside ``\boxed{}``, where ``parse``
-    finds it as it finds the solution's box."""
+    r"""The gold text to ``parse``: a whole solution (it has ``####`` or ``\boxed``) or a plain number as given,
+    as the paper passes its labels (``parse`` reads GSM8K's ``#### N`` as the number N); any other bare final
+    answer (a MATH answer echo-megatron's tasks extract from the solution's box) inside ``\boxed{}``, where
+    ``parse`` finds it as it finds the solution's box."""
     text = str(reference)
-    if "####" in text or "\\boxed" in text:
+    if "####" in text or "\\boxed" in text or _PLAIN_NUMBER.fullmatch(text.strip()):
         return text
     return "\\boxed{" + text + "}"
 
