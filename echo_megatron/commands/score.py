@@ -6,6 +6,14 @@ Reads lines ``{"completion": ..., "answer": ...}`` (other fields are carried thr
 the same name is kept as ``input_<name>``). Then prints accuracy per format. Without ``--out`` the result lines
 go to stdout and the summary to stderr.
 
+``--verifier strict|paper`` (``rewards.verifier``) and ``--classifier strict|paper`` (``formats.classifier``;
+``paper`` needs ``--verifier paper``) choose the rules; ``--purpose reward|eval|ei`` the paper verifier's call
+path (RL reward, ``run_inference_all.py``, ``train_ei.py``; see rewards/paper.py), and ``--prompt-field`` the
+field holding the prompt text, which the paper's RL reward reads in front of the completion:
+
+    echo-megatron score tests/paper_verifier/cases.jsonl --task gsm8k --answer-field gold --verifier paper \
+        --classifier paper --prompt-field question --out OUT.jsonl
+
 Bad input never stops it and never produces a traceback:
 
 - a line that is not UTF-8, not JSON (``NaN``/``Infinity`` and numbers past float64 are not JSON), nested too
@@ -33,6 +41,7 @@ from typing import IO
 
 from echo_megatron.errors import UserError
 from echo_megatron.rewards import FORMATS, TASKS, VERIFIERS, SandboxPolicy, SandboxPool, score
+from echo_megatron.rewards.paper import CLASSIFIERS, PURPOSES
 
 RESULT_FIELDS = ("reward", "correct", "format", "extracted", "error", "detail", "elapsed")
 MAX_LINE_BYTES = 16 << 20
@@ -48,7 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--answer-field", default="answer", help="field holding the reference answer")
     parser.add_argument(
-        "--verifier", default="strict", choices=sorted(VERIFIERS), help="how answers are found"
+        "--prompt-field",
+        default=None,
+        help="field holding the prompt text (read by --verifier paper's reward)",
+    )
+    parser.add_argument(
+        "--verifier", default="strict", help=f"how answers are found ({' | '.join(VERIFIERS)})"
+    )
+    parser.add_argument(
+        "--classifier", default="strict", help=f"how formats are labelled ({' | '.join(CLASSIFIERS)})"
+    )
+    parser.add_argument(
+        "--purpose", default="reward", help=f"the paper verifier's call path ({' | '.join(PURPOSES)})"
     )
     parser.add_argument("--workers", default="2", help="sandbox workers (default 2)")
     parser.add_argument("--timeout", default="3", help="seconds per program (default 3)")
@@ -94,7 +114,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _parse_line(raw: bytes, where: str, cfield: str, afield: str) -> tuple[dict, str | None]:
+def _parse_line(
+    raw: bytes, where: str, cfield: str, afield: str, pfield: str | None = None
+) -> tuple[dict, str | None]:
     """(the row, None) or ({}, a message naming the file, line and problem)."""
     if not raw.strip():
         return {}, f"{where}: empty line"
@@ -115,6 +137,9 @@ def _parse_line(raw: bytes, where: str, cfield: str, afield: str) -> tuple[dict,
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (isinstance(value, str) or (number and f == afield)):
             return {}, f"{where}: field {f!r} is {_json_type(value)}, not {kinds}"
+    if pfield is not None and not isinstance(row.get(pfield), str):
+        what = "missing" if pfield not in row else f"{_json_type(row[pfield])}, not a string"
+        return {}, f"{where}: field {pfield!r} is {what}"
     return row, None
 
 
@@ -186,7 +211,7 @@ def _batches(f: IO[bytes], args: argparse.Namespace, size: int) -> Iterator[list
         if raw is None:
             batch.append(({}, f"{where}: line longer than {MAX_LINE_BYTES} bytes"))
         else:
-            batch.append(_parse_line(raw, where, args.completion_field, args.answer_field))
+            batch.append(_parse_line(raw, where, args.completion_field, args.answer_field, args.prompt_field))
         if len(batch) == size:
             yield batch
             batch = []
@@ -194,7 +219,23 @@ def _batches(f: IO[bytes], args: argparse.Namespace, size: int) -> Iterator[list
         yield batch
 
 
+def _choices(args: argparse.Namespace) -> None:
+    """--verifier, --classifier and --purpose are known names (else one line, exit status 2)."""
+    for flag, value, known in (
+        ("--verifier", args.verifier, tuple(VERIFIERS)),
+        ("--classifier", args.classifier, CLASSIFIERS),
+        ("--purpose", args.purpose, PURPOSES),
+    ):
+        if value not in known:
+            raise UserError(f"{flag} {value!r}: unknown ({' | '.join(known)})")
+    if args.classifier == "paper" and args.verifier != "paper":
+        raise UserError(
+            "--classifier paper needs --verifier paper (the paper's label depends on its code run)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    _choices(args)
     batch_size = int(_number("--batch", args.batch, int))
     if not 1 <= batch_size <= MAX_BATCH:
         raise UserError(f"--batch {args.batch!r}: must be in [1, {MAX_BATCH}]")
@@ -225,7 +266,10 @@ def run(args: argparse.Namespace) -> int:
                 ok = [row for row, err in parsed if err is None]
                 comps = [r[args.completion_field] for r in ok]
                 refs = [_reference(r[args.answer_field]) for r in ok]
-                results = iter(score(comps, refs, args.task, cfg, pool))
+                prompts = [r[args.prompt_field] for r in ok] if args.prompt_field else None
+                results = iter(
+                    score(comps, refs, args.task, cfg, pool, prompts, args.purpose, args.classifier)
+                )
                 for row, err in parsed:
                     if err is None:
                         out = _merge(row, next(results).to_dict())

@@ -72,8 +72,24 @@ def _rl(cfg: Any) -> None:
             )
 
 
+def _rewards(cfg: Any) -> None:
+    from echo_megatron.rewards.paper import CLASSIFIERS
+    from echo_megatron.rewards.verifiers import VERIFIERS
+
+    verifier, classifier = cfg.rewards.verifier, cfg.formats.classifier
+    if verifier not in VERIFIERS:
+        raise ConfigValueError(f"rewards.verifier: unknown '{verifier}' ({' | '.join(VERIFIERS)})")
+    if classifier not in CLASSIFIERS:
+        raise ConfigValueError(f"formats.classifier: unknown '{classifier}' ({' | '.join(CLASSIFIERS)})")
+    if classifier == "paper" and verifier != "paper":
+        raise ConfigValueError(
+            "formats.classifier: paper needs rewards.verifier: paper (the paper's label depends on its code run)"
+        )
+
+
 def check_config(cfg: Any) -> None:
     """Raise a one-line :class:`ConfigValueError` naming the first key whose value is not allowed."""
     _train_length(cfg.train)
     _checkpoint(cfg.checkpoint)
     _rl(cfg)
+    _rewards(cfg)

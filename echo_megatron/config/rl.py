@@ -73,6 +73,21 @@ class RewardConfig:
 
 
 @dataclass
+class FormatsConfig:
+    """Output-format labels (``formats:`` section): how a completion's format is named in rewards, RL metrics and
+    eval (see echo_megatron/rewards/formats.py and paper.py).
+
+    classifier   strict: this project's structural classifier (``formats.classify_format``: the first marker
+                 of a family decides; ``code``, ``code_interp``, ``nl``, ``other``, ``empty``) | paper: the
+                 paper's ``response_type`` (``'<llm-code>' in text`` -> ``code_interp`` when its code gave a value
+                 or ``'def'`` is not in the text; else ``'def' in text`` -> ``code``; else ``nl``; in eval an
+                 exception -> ``nl``), which depends on the code run, so it needs ``rewards.verifier: paper``.
+    """
+
+    classifier: str = "strict"
+
+
+@dataclass
 class RLConfig:
     """RL post-training (``rl:`` section). Names follow NeMo-Aligner 0.7.0 where it has the knob.
 

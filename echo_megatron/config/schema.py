@@ -7,7 +7,14 @@ from typing import Optional
 
 from echo_megatron.config.data import DataConfig, TestbedConfig
 from echo_megatron.config.model import ModelConfig, ParallelConfig
-from echo_megatron.config.rl import ClusterConfig, EvalConfig, RewardConfig, RLConfig, RolloutConfig
+from echo_megatron.config.rl import (
+    ClusterConfig,
+    EvalConfig,
+    FormatsConfig,
+    RewardConfig,
+    RLConfig,
+    RolloutConfig,
+)
 from echo_megatron.config.training import (
     CheckpointConfig,
     FP8Config,
@@ -35,6 +42,7 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    formats: FormatsConfig = field(default_factory=FormatsConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

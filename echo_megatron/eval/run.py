@@ -165,7 +165,9 @@ def _score(items: list[Generated], problems: list[Problem], reward_task: str, cf
 
     texts = [it.completion.text for it in items]
     refs = [problems[it.problem_index].answer for it in items]
-    results = score(texts, refs, reward_task, cfg.rewards, pool)
+    results = score(
+        texts, refs, reward_task, cfg.rewards, pool, purpose="eval", classifier=cfg.formats.classifier
+    )
     records = []
     for it, res in zip(items, results):
         p, c = problems[it.problem_index], it.completion

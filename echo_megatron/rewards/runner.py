@@ -10,6 +10,18 @@ boundary. A ``Job`` (``protocol.py``) names its runner in ``RUNNERS``:
                last block's value of its last expression, else its last printed line
     verify     math-verify equality of ``gold`` and ``pred`` (a fresh child that ran no model code)
 
+and the paper's rules (``rewards.verifier: paper``; ``paper.py`` gives them), without any of this project's
+repairs:
+
+    paper_notebook          exec the first ``<llm-code>`` block (``code[0]``) with fresh globals, then ``eval`` its
+                            last line again in them; the value is ``str`` of it (``'None'`` included)
+    paper_function          exec ``code[0]`` with empty globals and separate locals, call
+                            ``simple_math_problem()`` from the locals; the value is ``str`` of its result
+    paper_verify            ``verify(parse(gold), parse(pred))`` with math-verify's defaults (``pred`` is the code
+                            output or the whole text); the value is the extracted answer (the last element of
+                            ``parse``'s list)
+    paper_verify_pred_first the same with ``verify``'s arguments swapped (``train_ei.py``)
+
 Each returns a ``Reply``.
 A program that does not compile is retried on its longest compilable prefix of lines (a generation that kept
 going after ``return result``), as long as that prefix still defines the function it needs.
@@ -215,6 +227,54 @@ def run_verify(job: Job, out: CappedOutput) -> Reply:
         return Reply(error="verify", detail=_detail(e), equal=False)
 
 
+def run_paper_notebook(job: Job, out: CappedOutput) -> Reply:
+    """The paper's ``<llm-code>`` path: exec the block, ``eval`` its last line again; any exception -> error."""
+    code = job.code[0] if job.code else ""
+    last_line = code.split("\n")[-1]
+    namespace: dict = {}
+    try:
+        exec(code, namespace)
+        text = str(eval(last_line, namespace))[:MAX_VALUE_CHARS]
+    except BaseException as e:
+        return Reply.failure("output" if out.overflow else error_kind(e), _detail(e))
+    return Reply(value=text)
+
+
+def run_paper_function(job: Job, out: CappedOutput) -> Reply:
+    """The paper's TinyGSM path: exec with empty globals and separate locals (so a module-level helper or import
+    is not visible inside the function), call ``simple_math_problem``; any exception -> error."""
+    code = job.code[0] if job.code else ""
+    local_namespace: dict = {}
+    try:
+        exec(code, {}, local_namespace)
+        text = str(local_namespace["simple_math_problem"]())[:MAX_VALUE_CHARS]
+    except BaseException as e:
+        return Reply.failure("output" if out.overflow else error_kind(e), _detail(e))
+    return Reply(value=text)
+
+
+def _paper_compare(job: Job, pred_first: bool) -> Reply:
+    from math_verify import parse, verify
+
+    try:
+        gold, pred = parse(job.gold or ""), parse(job.pred or "")
+        equal = verify(pred, gold) if pred_first else verify(gold, pred)
+        value = _safe_str(pred[-1]) if pred else None
+        return Reply(value=value, equal=bool(equal))
+    except BaseException as e:
+        return Reply(error="verify", detail=_detail(e), equal=False)
+
+
+def run_paper_verify(job: Job, out: CappedOutput) -> Reply:
+    """The paper's comparison ``verify(parse(gold), parse(pred))`` (RL reward, eval)."""
+    return _paper_compare(job, pred_first=False)
+
+
+def run_paper_verify_pred_first(job: Job, out: CappedOutput) -> Reply:
+    """The paper's EI test ``verify(parse(pred), parse(gold))``."""
+    return _paper_compare(job, pred_first=True)
+
+
 # job kind -> (role, runner). A "verify" job compares with a gold and runs only in verify workers, which never run
 # model code; a "program" job runs model code and never sees a gold.
 PROGRAM, VERIFY = "program", "verify"
@@ -222,6 +282,10 @@ RUNNERS: dict[str, tuple[str, Callable[[Job, CappedOutput], Reply]]] = {
     "function": (PROGRAM, run_function),
     "notebook": (PROGRAM, run_notebook),
     "verify": (VERIFY, run_verify),
+    "paper_notebook": (PROGRAM, run_paper_notebook),
+    "paper_function": (PROGRAM, run_paper_function),
+    "paper_verify": (VERIFY, run_paper_verify),
+    "paper_verify_pred_first": (VERIFY, run_paper_verify_pred_first),
 }
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from echo_megatron.rewards.paper import Purpose
 from echo_megatron.rewards.protocol import ERROR_KINDS, Job, Reply
 from echo_megatron.rewards.sandbox import SandboxPool
 from echo_megatron.rewards.verifiers import Item, Verifier, make_verifier, setting
@@ -107,9 +108,13 @@ def score(
     cfg=None,
     pool: SandboxPool | None = None,
     prompts: list[str] | None = None,
+    purpose: Purpose = "reward",
+    classifier: str = "strict",
 ) -> list[ScoreResult]:
     """Score completions (solution text only) against references for ``task``; one result per completion.
-    ``prompts`` (the questions) are passed on to the verifier for those that read them."""
+    ``prompts`` (the prompt texts the model was given) are passed on to the verifier for those that read them;
+    ``purpose`` (``reward`` for RL, ``eval``, ``ei`` for Expert Iteration's correctness) selects the paper
+    verifier's call path; ``classifier`` is ``formats.classifier`` (``strict`` | ``paper``)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
     if len(completions) != len(references):
@@ -119,14 +124,18 @@ def score(
     reward_name = str(setting(cfg, "reward", "binary"))
     if reward_name not in REWARDS:
         raise ValueError(f"unknown reward {reward_name!r}; known: {sorted(REWARDS)}")
-    verifier: Verifier = make_verifier(cfg)
+    verifier: Verifier = make_verifier(cfg, purpose, classifier)
     questions = prompts if prompts is not None else [None] * len(completions)
-    items = [Item(_text(c), r, q) for c, r, q in zip(completions, references, questions)]
+    items = [verifier.item(_text(c), r, q) for c, r, q in zip(completions, references, questions)]
     runner = _Runner(cfg, pool)
     try:
         programs = [(it, job) for it in items if (job := _timed(it, verifier.extract, task)) is not None]
-        for item, reply in runner.run(programs):
-            _timed(item, verifier.take, reply)
+        while programs:  # a reply may ask for one more program (the paper: TinyGSM after a failed <llm-code>)
+            programs = [
+                (item, job)
+                for item, reply in runner.run(programs)
+                if (job := _timed(item, verifier.take, reply)) is not None
+            ]
         compares = [(it, job) for it in items if (job := _timed(it, verifier.judge, task)) is not None]
         for item, reply in runner.run(compares):
             _timed(item, verifier.settle, reply)

@@ -218,7 +218,12 @@ def sample_round(session: RLSession, rnd: int) -> tuple[list[EISample], dict[str
     rl = session.cfg.rl
     max_new = rl.ei_max_new_tokens or session.cfg.rollout.max_new_tokens
     samples = session.sample(
-        rnd, n=rl.ei_samples, temperature=rl.ei_temperature, top_p=rl.ei_top_p, max_new_tokens=max_new
+        rnd,
+        purpose="ei",
+        n=rl.ei_samples,
+        temperature=rl.ei_temperature,
+        top_p=rl.ei_top_p,
+        max_new_tokens=max_new,
     )
     t0 = time.perf_counter()
     rows = session.write_samples(rnd, samples)

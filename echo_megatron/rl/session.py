@@ -59,13 +59,19 @@ class Scorer:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg.rewards
+        self.classifier = str(cfg.formats.classifier)
         self.pool = SandboxPool.from_config(cfg.rewards) if ps.get_tensor_model_parallel_rank() == 0 else None
 
-    def __call__(self, texts: list[str], answers: list[str]) -> list[ScoreResult]:
-        """One score per text, the same on every rank of the TP group."""
+    def __call__(
+        self, texts: list[str], answers: list[str], prompts: list[str] | None = None, purpose: str = "reward"
+    ) -> list[ScoreResult]:
+        """One score per text, the same on every rank of the TP group. ``prompts``: the prompt text of each
+        (the paper verifier's RL reward reads prompt + completion); ``purpose``: ``reward`` or ``ei``."""
         mine = None
         if self.pool is not None:
-            mine = score(texts, answers, self.cfg.task, self.cfg, self.pool)
+            mine = score(
+                texts, answers, self.cfg.task, self.cfg, self.pool, prompts, purpose, self.classifier
+            )
         return collectives.tp_broadcast(mine)
 
     def close(self) -> None:
@@ -187,15 +193,17 @@ class RLSession:
         with bf16_generation():  # FP8 runs train in FP8 and generate in bf16 on the same weights
             return self.backend.generate(ids, **params)
 
-    def sample(self, step: int, **overrides: Any) -> Samples:
-        """This DP rank's prompts of ``step`` -> rollouts -> scores."""
+    def sample(self, step: int, purpose: str = "reward", **overrides: Any) -> Samples:
+        """This DP rank's prompts of ``step`` -> rollouts -> scores (``purpose``: ``reward`` for RL, ``ei`` for
+        Expert Iteration's correctness test; see rewards/paper.py)."""
         prompt_idx = self.my_prompts(step)
         t0 = time.perf_counter()
         rollouts = self.rollout(step, prompt_idx, **overrides)
         t1 = time.perf_counter()
         n = len(rollouts) // max(1, len(prompt_idx))
         answers = [self.prompts[i].answer for i in prompt_idx for _ in range(n)]
-        results = self.scorer([r.text or "" for r in rollouts], answers)
+        prompts = [self.prompts[i].text for i in prompt_idx for _ in range(n)]
+        results = self.scorer([r.text or "" for r in rollouts], answers, prompts, purpose)
         return Samples(prompt_idx, rollouts, results, t1 - t0, time.perf_counter() - t1)
 
     def write_samples(self, step: int, samples: Samples) -> list[dict]:
