@@ -190,10 +190,14 @@ def _score(items: list[Generated], problems: list[Problem], reward_task: str, cf
 
 
 def write_task_files(run_dir: str, task: str, result: dict, records: list[EvalRecord]) -> tuple[str, str]:
-    """``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` (one line per generation, problem order)."""
+    """``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` (one line per generation, problem order), and
+    the same result as ``eval/steps/<task>.<step>.json``, so the evals of several checkpoints of one run are kept
+    (the report draws pass@k per evaluated step)."""
     rd = RunDir(run_dir)
-    os.makedirs(rd.eval, exist_ok=True)
-    write_text_atomic(rd.eval_file(task), json.dumps(result, indent=2) + "\n")
+    os.makedirs(rd.eval_steps, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    write_text_atomic(rd.eval_file(task), text)
+    write_text_atomic(rd.eval_step_file(task, int(result["step"])), text)
     order = {GREEDY: 0, SAMPLED: 1}
     rows = sorted(records, key=lambda r: (r.problem_index, order[r.mode], r.sample))
     lines = "".join(json.dumps(r.to_row()) + "\n" for r in rows)
