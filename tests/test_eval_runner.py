@@ -65,6 +65,7 @@ def test_gold_reference_solutions_score_99_percent(tmp_path):
         assert r["pass@1"] >= 0.99 and r["pass@k"] == {"1": r["pass@1"]} and r["sampled"] is None
         assert r["per_format"]["nl"]["share"] == 1.0  # worked solutions in prose
         assert json.loads((run / "eval" / f"{task}.json").read_text()) == r
+        assert json.loads((run / "eval" / "steps" / f"{task}.0000007.json").read_text()) == r  # kept by step
         rows = list(read_jsonl(str(run / "eval" / f"{task}.generations.jsonl")))
         assert len(rows) == size
         assert {
