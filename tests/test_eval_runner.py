@@ -179,6 +179,18 @@ def test_aggregation_of_known_generations(testbed_dir, tmp_path):
     assert row["testbed/share/empty"] == 0.0  # the top-level (greedy) table
 
 
+def test_samples_on_a_subset_greedy_on_all(testbed_dir, tmp_path):
+    """eval.sample_problems: the n samples cover the first N problems, greedy still every problem; pass@k is the
+    mean over those N (the same values as a full run restricted to them)."""
+    n, over = 4, ["eval.n=4", "eval.ks=[1,2,4]", "eval.batch_size=8", f"testbed.out={testbed_dir}"]
+    full = evaluate(_known_generator, ["testbed"], _cfg(*over, "eval.max_problems=7"), step=1)["testbed"]
+    sub = evaluate(_known_generator, ["testbed"], _cfg(*over, "eval.sample_problems=7"), step=1)["testbed"]
+    assert sub["num_problems"] == 20 and sub["greedy"]["num_problems"] == 20
+    assert sub["sampled"]["num_problems"] == 7 and sub["sampled"]["num_generations"] == 7 * n
+    assert sub["pass@k"] == full["pass@k"] and sub["maj@k"] == full["maj@k"]
+    assert sum(s["count"] for s in sub["sampled"]["per_format"].values()) == 7 * n
+
+
 def test_chunks_deal_every_problem_once_over_dp_replicas():
     for dp in (1, 2, 3):
         got = [c for r in range(dp) for c in chunks(11, 3, Layout(dp_rank=r, dp_size=dp))]

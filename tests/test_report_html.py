@@ -285,14 +285,14 @@ def make_demo_runs(root, reward_offset: float = 0.0):
 def test_rl_run_names_its_base_and_the_base_mixture(tmp_path):
     base, rl = make_demo_runs(tmp_path)
     run = load_run(str(rl))
-    assert mixture(run) == "tb_code + 2x tb_nl".replace("2x tb", "2xtb")  # the base's sources, not "base"
+    assert mixture(run) == "tb_code + 2xtb_nl"  # the base's sources, not the base directory's name
     assert mixture(load_run(str(base))) == "tb_code + 2xtb_nl"
     rep = write_report([str(base), str(rl)], str(tmp_path / "out"))
     text = open(rep.path, encoding="utf-8").read()
     table = text[text.index("<table>") : text.index("</table>")]
     row = table[table.index("demo_grpo") :].split("</tr>")[0]
-    assert "<td>base</td>" in row and "tb_code + 2xtb_nl" in row
-    assert "base base" in text and "mixture tb_code + 2xtb_nl" in text
+    assert "<td>demo_testbed</td>" in row and "tb_code + 2xtb_nl" in row  # the base by its run name
+    assert "base demo_testbed · mixture tb_code + 2xtb_nl" in text
 
 
 def test_pass_at_k_curves_for_base_and_every_checkpoint(tmp_path):

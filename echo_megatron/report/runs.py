@@ -224,10 +224,24 @@ def base_dir(run: Run) -> str | None:
     return os.sep.join(parts) or None
 
 
-def base_name(run: Run) -> str:
-    """The base an RL run starts from, by its directory name (``—`` for a run that is not RL)."""
+def _base_config(run: Run) -> dict:
+    """The base run's ``config.yaml`` when its directory is here, else {}."""
     path = base_dir(run)
-    return os.path.basename(path) if path else "—"
+    cpath = RunDir(path).config if path else ""
+    if not cpath or not os.path.isfile(cpath):
+        return {}
+    with open(cpath, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def base_name(run: Run) -> str:
+    """The base an RL run starts from: its run name (``name`` in its config.yaml) when the base directory is
+    here, else the directory's name; ``—`` for a run that is not RL."""
+    path = base_dir(run)
+    if not path:
+        return "—"
+    return str(_base_config(run).get("name") or os.path.basename(path))
 
 
 def _sources_mixture(config: dict) -> str | None:
@@ -248,13 +262,7 @@ def mixture(run: Run) -> str:
     path = base_dir(run)
     if path is None:
         return _sources_mixture(run.config) or "—"
-    cpath = RunDir(path).config
-    if os.path.isfile(cpath):
-        with open(cpath, encoding="utf-8") as f:
-            found = _sources_mixture(yaml.safe_load(f) or {})
-        if found:
-            return found
-    return os.path.basename(path)
+    return _sources_mixture(_base_config(run)) or os.path.basename(path)
 
 
 def is_rl(run: Run) -> bool:
