@@ -308,6 +308,13 @@ def test_pass_at_k_curves_for_base_and_every_checkpoint(tmp_path):
     np.testing.assert_allclose(over["pass@1"].get_xdata(), [0, 5, 10, 20])
     np.testing.assert_allclose(over["pass@1"].get_ydata(), [0.3, 0.4, 0.6, 0.75])
     np.testing.assert_allclose(over["pass@16"].get_ydata(), [0.9, 0.85, 0.8, 0.76])
+    bars = plots.sample_format_share(
+        runs[1]
+    )  # base + 3 checkpoints, per format: share (bars), accuracy (dots)
+    assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["base", "5", "10", "20"]
+    code = [p.get_height() for p in bars.axes[0].patches[:4]]
+    np.testing.assert_allclose(code, [0.3] * 4)
+    assert [ln.get_label() for ln in bars.axes[1].lines] == ["code accuracy", "nl accuracy"]
     per_run = {ln.get_label() for ln in plots.pass_at_k(runs[1]).axes[0].lines}
     assert per_run == {f"step {s} {m}" for s in (5, 10, 20) for m in ("pass@k", "maj@k")}
 

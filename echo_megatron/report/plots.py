@@ -36,6 +36,7 @@ from echo_megatron.report.style import (
     ACCURACY_COLOR,
     CELL,
     DPI,
+    FORMAT_COLORS,
     METRIC_COLORS,
     color,
     figure,
@@ -225,6 +226,46 @@ def pass_over_steps(run: Run) -> Figure | None:
 
 
 @styled
+def sample_format_share(run: Run) -> Figure | None:
+    """Per evaluated checkpoint (step 0: the base), the share of each output format among the eval samples
+    (stacked bars) and their accuracy per format (dots, right axis): what pass@k is made of, per format."""
+    task = primary_task(sorted(run.evals))
+    points = [(s, ev.get("sampled") or ev) for s, ev in pass_over_steps_points(run, task)]
+    points = [(s, b) for s, b in points if b.get("per_format") and (b.get("n") or 1) > 1]
+    if len(points) < 2:
+        return None
+    fmts = [f for f in FORMAT_COLORS if any((b["per_format"].get(f) or {}).get("count") for _, b in points)]
+    fig = figure()
+    ax = fig.add_subplot()
+    twin = ax.twinx()
+    x = list(range(len(points)))
+    bottom = [0.0] * len(points)
+    for f in fmts:
+        share = [float((b["per_format"].get(f) or {}).get("share") or 0.0) for _, b in points]
+        ax.bar(x, share, bottom=bottom, width=0.6, color=color(f), alpha=0.85, label=f"{f} share")
+        bottom = [a + b for a, b in zip(bottom, share)]
+        acc = [(b["per_format"].get(f) or {}).get("accuracy") for _, b in points]
+        acc = [math.nan if a is None else float(a) for a in acc]
+        twin.plot(
+            x, acc, ls="none", marker="D", ms=5, mec="k", mew=0.6, color=color(f), label=f"{f} accuracy"
+        )
+    ax.set_xticks(x, [f"{s}" if s else "base" for s, _ in points])
+    ax.set_ylim(0, 1)
+    twin.set_ylim(-0.02, 1.02)
+    twin.grid(False)
+    twin.spines["right"].set_visible(True)
+    twin.set_ylabel("accuracy (dots)")
+    n = points[-1][1].get("n")
+    ax.set(
+        xlabel="RL step", ylabel="share of samples", title=f"{run.label}: {task} samples (n {n}) per format"
+    )
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    legend_outside(fig, handles=h1 + h2, labels=l1 + l2)
+    return fig
+
+
+@styled
 def pretrain_loss(run: Run) -> Figure | None:
     steps, loss = series(run.pretrain, "loss")
     if not _has(loss):
@@ -243,6 +284,7 @@ RUN_FIGURES = {
     "kl_entropy": kl_entropy,
     "pass_at_k": pass_at_k,
     "pass_over_steps": pass_over_steps,
+    "sample_format_share": sample_format_share,
     "pretrain_loss": pretrain_loss,
 }
 
