@@ -321,9 +321,13 @@ def test_pass_at_k_curves_for_base_and_every_checkpoint(tmp_path):
 
 def test_eval_table_lists_each_metric_once(tmp_path):
     base, _ = make_demo_runs(tmp_path)
+    ev = json.loads((base / "eval" / "testbed.json").read_text())
+    ev["sampled"]["num_problems"] = 4  # eval.sample_problems=4: the samples on the first 4 of 10 problems
+    (base / "eval" / "testbed.json").write_text(json.dumps(ev))
     text = open(write_report([str(base)], str(tmp_path / "o")).path, encoding="utf-8").read()
     section = text[text.index("<h3>eval: testbed</h3>") :]
-    assert "greedy pass@1 50.0%" in section and "16 samples per problem at T 0.7" in section
+    assert "greedy pass@1 50.0%" in section
+    assert "16 samples per problem at T 0.7 on the first 4 problems" in section
     head = section[section.index("<thead>") : section.index("</thead>")]
     assert re.findall(r"<th>([^<]*)</th>", head) == ["k", "1", "2", "4", "8", "16"]
     body = section[section.index("<tbody>") : section.index("</tbody>")]

@@ -79,6 +79,12 @@ def _table_ks(ks: Sequence[int], n: int | None) -> list[int]:
     return [k for k in ks if k == 1 or k & (k - 1) == 0 or k == n]
 
 
+def _subset(ev: dict, sampled: dict) -> str:
+    """`` on the first N problems`` when the samples covered fewer problems than greedy (eval.sample_problems)."""
+    m = sampled.get("num_problems")
+    return f" on the first {m} problems" if m is not None and m != ev.get("num_problems") else ""
+
+
 def _eval_tables(run: Run) -> str:
     """Per task: one line naming the passes, a pass@k / maj@k table (one row per metric, one column per k:
     no metric twice) and the per-format table (greedy, and the samples when there are)."""
@@ -91,7 +97,8 @@ def _eval_tables(run: Run) -> str:
             passes.append(f"greedy pass@1 {pct(ev.get('pass@1'))}")
         if sampled:
             passes.append(
-                f"{n} samples per problem at T {ev.get('temperature')} for pass@k and maj@k (unbiased)"
+                f"{n} samples per problem at T {ev.get('temperature')}{_subset(ev, sampled)} for pass@k and "
+                f"maj@k (unbiased)"
             )
         meta = f"step {ev.get('step', '—')} · {ev.get('num_problems', '—')} problems · " + " · ".join(passes)
         parts.append(f"<h3>eval: {html.escape(task)}</h3><p class='meta'>{html.escape(meta)}</p>")

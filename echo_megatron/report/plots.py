@@ -36,6 +36,7 @@ from echo_megatron.report.style import (
     ACCURACY_COLOR,
     CELL,
     DPI,
+    FIGSIZE,
     FORMAT_COLORS,
     METRIC_COLORS,
     color,
@@ -295,7 +296,8 @@ RUN_FIGURES = {
 def _grid(n: int, max_cols: int = 3) -> tuple[Figure, int, int]:
     cols = min(max_cols, n)
     rows = math.ceil(n / cols)
-    return figure((CELL[0] * cols + 1.4, CELL[1] * rows)), rows, cols
+    # never smaller than a single figure, so a one-run grid has the size of every other figure
+    return figure((max(FIGSIZE[0], CELL[0] * cols + 1.4), max(FIGSIZE[1], CELL[1] * rows))), rows, cols
 
 
 @styled
