@@ -205,7 +205,8 @@ def test_vote_keys():
 
 
 def test_bad_eval_settings_are_config_errors(testbed_dir):
-    for bad in ("eval.n=0", "eval.ks=[0,2]", "eval.top_p=0", "eval.tasks=[nope]", "eval.max_problems=0"):
+    bad_settings = ("eval.n=0", "eval.ks=[0,2]", "eval.top_p=0", "eval.tasks=[nope]", "eval.max_problems=0")
+    for bad in (*bad_settings, "eval.sample_problems=0"):
         cfg = _cfg(f"testbed.out={testbed_dir}", bad)
         with pytest.raises(ConfigError):
             evaluate(reference_generator(), None, cfg)
@@ -233,10 +234,11 @@ EVAL = ["eval.tasks=[testbed]", "eval.n=4", "eval.ks=[1,2,4]", "eval.max_problem
 
 @pytest.fixture(scope="module")
 def pretrained(testbed_dir) -> Path:
-    """testbed -> preprocess -> a few pretraining steps: a run dir with a checkpoint and a real tokenizer."""
+    """testbed -> preprocess -> a few pretraining steps: a run dir with checkpoints at steps 4 and 8 and a real
+    tokenizer."""
     common = [f"testbed.out={testbed_dir}", f"run_dir={testbed_dir / 'run'}", *SMALL]
     cli(["preprocess", RECIPE, *common])
-    cli(["pretrain", RECIPE, *common])
+    cli(["pretrain", RECIPE, *common, "checkpoint.save_interval=4", "checkpoint.keep_last=0"])
     return testbed_dir / "run"
 
 
@@ -266,6 +268,29 @@ def test_eval_command_end_to_end(pretrained, command_run):
     assert row["step"] == 8 and row["testbed/pass@1"] == res["pass@1"]
     assert "testbed  step 8  8 problems" in r.stdout and "pass@k" in r.stdout and "wrote " in r.stdout
     assert "eval/testbed" in r.stderr  # the progress bar
+
+
+def test_eval_steps_loads_each_checkpoint_into_one_model(pretrained, command_run, tmp_path):
+    """``eval RUN_DIR --steps 4``: step 4, then the latest (8), in one process; step 8's generations equal those of
+    a fresh process on step 8 alone (the weights really are replaced), and each step is kept in eval/steps/."""
+    from echo_megatron.cli import main
+
+    out = tmp_path / "out"
+    r = cli(["eval", str(pretrained), *EVAL, "--steps", "4", "--out", str(out)])
+    assert "# " in r.stdout and "(step 4)" in r.stdout and "(step 8)" in r.stdout
+    at4 = json.loads((out / "eval" / "steps" / "testbed.0000004.json").read_text())
+    at8 = json.loads((out / "eval" / "steps" / "testbed.0000008.json").read_text())
+    assert at4["step"] == 4 and at4["checkpoint"].endswith("iter_0000004")
+    assert at8 == json.loads((out / "eval" / "testbed.json").read_text())  # the latest is evaluated last
+    ran = json.loads((pretrained / "eval" / "testbed.json").read_text())
+    assert {k: at8[k] for k in TOP_KEYS} == {k: ran[k] for k in TOP_KEYS}
+    assert _generations(out / "eval" / "testbed.generations.jsonl") == _generations(
+        pretrained / "eval" / "testbed.generations.jsonl"
+    )
+    assert sorted(row["step"] for row in read_metrics(str(out), "eval")) == [4, 8]
+    assert (
+        main(["eval", str(pretrained), *EVAL, "--steps", "3", "--out", str(out)]) == 2
+    )  # no such checkpoint
 
 
 def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, tmp_path):
