@@ -375,3 +375,15 @@ def test_one_size_legends_outside_one_colour_per_format(tmp_path):
     got = [tuple(np.round(c.get_facecolor()[0][:3], 4)) for c in stack.collections[:2]]
     assert got == [tuple(np.round(to_rgb(FORMAT_COLORS[f]), 4)) for f in ("code", "nl")]
     np.testing.assert_allclose(twin.lines[0].get_ydata(), np.linspace(0.4, 0.8, 10))  # accuracy, right axis
+
+
+def test_demo_evaluates_log_spaced_checkpoints():
+    from echo_megatron.commands.demo import log_spaced_checkpoints
+
+    assert log_spaced_checkpoints([10, 20, 30, 40]) == [
+        10,
+        20,
+    ]  # last/4, last/2 (the last is evaluated anyway)
+    assert log_spaced_checkpoints(list(range(5, 41, 5)), count=3) == [5, 10, 20]
+    assert log_spaced_checkpoints([3, 40]) == [3] and log_spaced_checkpoints([40]) == []
+    assert log_spaced_checkpoints([]) == []
