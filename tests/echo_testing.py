@@ -75,6 +75,15 @@ def make_indexed_dataset(
     return prefix
 
 
+def writable(cfg):
+    """A writable deep copy of a loaded (read-only) config, for tests that build variants of it by hand."""
+    from omegaconf import OmegaConf
+
+    out = cfg.copy()
+    OmegaConf.set_readonly(out, False)
+    return out
+
+
 def write_recipe(path: Path, text: str) -> str:
     path.write_text(f"base: {REPO / 'recipes' / 'tiny_cpu.yaml'}\n" + text)
     return str(path)

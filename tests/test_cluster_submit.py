@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from echo_megatron.cluster.pipeline import expand, load_pipeline
-from echo_megatron.cluster.status import collect, format_rows
+from echo_megatron.cluster.status import collect, format_rows, progress
 from echo_megatron.cluster.submit import dependency, prepare
 from echo_megatron.config import ConfigError
 
@@ -324,6 +324,14 @@ def test_status_reads_a_run_dir_without_slurm(tmp_path):
     assert out.returncode == 0 and "step 4/10 loss 4.6" in out.stdout and "iter_0000004" in out.stdout
     text = format_rows(got, str(run))
     assert text.splitlines()[0].split()[:3] == ["stage", "job", "state"]
+
+
+def test_status_counts_expert_iteration_in_rounds(tmp_path):
+    run = tmp_path / "ei"
+    run.mkdir()
+    (run / "config.yaml").write_text("rl:\n  algorithm: ei\n  steps: 40\n  ei_rounds: 3\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "phase": "rl", "accuracy": 0.5}) + "\n")
+    assert progress(str(run), "rl") == "step 2/3 accuracy 0.5"
 
 
 def _doc_yaml_blocks() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from echo_testing import data_root
+from echo_testing import data_root, writable
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -39,7 +39,7 @@ FORMAT = {"tb_code": "code", "tb_code_interp": "code_interp", "tb_nl": "nl"}
 
 
 def with_mults(cfg, aligned: bool, steps: int = 625, gbs: int = 16):
-    cfg = cfg.copy()
+    cfg = writable(cfg)
     for name, m in MULTS.items():
         cfg.data.sources[name].multiplier = m
     cfg.data.document_aligned = aligned
@@ -144,12 +144,12 @@ def test_train_epochs_is_the_floor_of_the_repeat_expanded_mixture(prepared):  # 
         assert row.passes == pytest.approx(MULTS[row.source], rel=16 / epoch)
     cfg.train.epochs = 2.5
     assert resolve_train_steps(cfg) == int(2.5 * epoch // 16)
-    weighted = cfg.copy()
+    weighted = writable(cfg)
     for name in MULTS:
         weighted.data.sources[name].weight = 1.0
     with pytest.raises(ConfigError, match="train.epochs: a mixture epoch needs multipliers"):
         plan_mixture(weighted)
-    tiny = cfg.copy()
+    tiny = writable(cfg)
     tiny.train.epochs = 1e-6
     with pytest.raises(ConfigError, match="less than one global batch"):
         resolve_train_steps(tiny)
@@ -178,21 +178,21 @@ def test_mixture_command_prints_the_table(prepared, capsys):  # noqa: F811
 
 def test_explicit_weights_and_errors(prepared, tmp_path):  # noqa: F811
     cfg, out = prepared
-    w = cfg.copy()
+    w = writable(cfg)
     for name, v in zip(MULTS, (1.0, 1.0, 2.0)):
         w.data.sources[name].weight = v
     assert [x for _, x in resolve_blend(w)] == [0.25, 0.25, 0.5]
     w.data.sources.tb_nl.weight = None
     with pytest.raises(ConfigError, match="give a weight for every source or none"):
         resolve_blend(w)
-    missing = cfg.copy()
+    missing = writable(cfg)
     missing.data.indexed_dir = str(tmp_path / "empty")
     with pytest.raises(ConfigError, match=r"not preprocessed .* run `echo-megatron preprocess RECIPE`"):
         resolve_blend(missing)
     unknown = load_config(DEMO, [f"testbed.out={out}", *SMALL, "data.sources.wikipedia.multiplier=1"])
     with pytest.raises(ConfigError, match="unknown source type 'wikipedia'"):
         resolve_blend(unknown)
-    other_tok = cfg.copy()
+    other_tok = writable(cfg)
     other_tok.data.tokenizer.path = str(data_root() / "tokenizers" / "gpt2" / "gpt2_tokenizer.json")
     with pytest.raises(ConfigError, match="preprocessed with another tokenizer"):
         resolve_blend(other_tok)

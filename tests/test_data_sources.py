@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from echo_testing import data_root
+from echo_testing import data_root, writable
 
 from echo_megatron.config import ConfigError, load_config
 from echo_megatron.data.preprocess import plan_sources, preprocess
@@ -97,6 +97,7 @@ def test_malformed_line_names_file_and_line_or_is_skipped_and_counted(tmp_path):
     cfg = cfg_with(tmp_path, {"tb": {"type": "testbed", "path": path}})
     with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON line"):
         preprocess(cfg, log=lambda s: None)
+    cfg = writable(cfg)
     cfg.data.on_bad_record = "skip"
     (m,), _ = preprocess(cfg, log=lambda s: None)
     assert (

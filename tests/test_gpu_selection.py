@@ -260,6 +260,7 @@ def test_delayed_scaling_with_bf16_layers_is_refused_with_the_fix():
     from omegaconf import OmegaConf
 
     f = OmegaConf.merge(cfg_of().fp8, {"first_last_layers_bf16": True})
+    OmegaConf.set_readonly(f, False)
     OmegaConf.set_struct(f, False)
     f.recipe = "delayed"  # a config that names the recipe (FP8Config has no such field yet)
     assert precision.fp8_recipe(f) == "delayed"

@@ -37,7 +37,10 @@ class Row:
 def _steps_total(run_dir: str, key: str, fallback_config: str | None) -> int | None:
     for path in (RunDir(run_dir).config, fallback_config):
         if path and os.path.isfile(path):
-            value = OmegaConf.select(OmegaConf.load(path), key, default=None)
+            cfg = OmegaConf.load(path)
+            if key == "rl.steps" and OmegaConf.select(cfg, "rl.algorithm") == "ei":
+                key = "rl.ei_rounds"  # an Expert Iteration run logs one step per round
+            value = OmegaConf.select(cfg, key, default=None)
             if value is not None:
                 return int(value)
     return None

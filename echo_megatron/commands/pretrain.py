@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from omegaconf import OmegaConf
+
 from echo_megatron.commands._common import add_recipe_arguments, load_from_args
 
 
@@ -20,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_from_args(args)
     if cfg.checkpoint.load:  # continued pretraining: the base's architecture (an HF model is imported first)
-        cfg.checkpoint.load = resolve_base(cfg.checkpoint.load, cfg.run_dir, cfg.parallel.tp)
-        cfg = adopt_base_architecture(cfg, cfg.checkpoint.load)
+        base = resolve_base(cfg.checkpoint.load, cfg.run_dir, cfg.parallel.tp)
+        cfg = adopt_base_architecture(OmegaConf.merge(cfg, {"checkpoint": {"load": base}}), base)
     resolve_runtime(cfg)  # fp8 / TE / bf16 this machine cannot run: exit 2 before any process group starts
     # train.epochs resolved here: an unpreprocessed mixture exits 2 before any process group starts
     if cfg.train.epochs is not None:

@@ -211,7 +211,7 @@ def load_config(recipe: str | None, overrides: Sequence[str] = ()) -> DictConfig
         check_config(cfg)
     except ConfigValueError as e:
         raise ConfigError(f"{recipe or 'command line'}: {e}") from None
-    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_readonly(cfg, True)  # a changed copy is OmegaConf.merge(cfg, {...}), never an edit in place
     return cfg
 
 
