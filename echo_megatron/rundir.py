@@ -8,6 +8,7 @@ RUN_DIR/
   samples/step_NNNNNNN.jsonl               generations with format, answer, reward
   samples/ei_round_R.jsonl                 Expert Iteration's SFT set after round R (accumulated)
   eval/<task>.json + eval/<task>.generations.jsonl
+  eval/steps/<task>.NNNNNNN.json           every eval of the run by step (eval/<task>.json is the latest)
   tb/                                      TensorBoard events
   wandb_id                                 the W&B run id (a requeued job continues the same W&B run)
 """
@@ -75,6 +76,14 @@ class RunDir:
 
     def eval_generations(self, task: str) -> str:
         return os.path.join(self.eval, f"{task}.generations.jsonl")
+
+    @property
+    def eval_steps(self) -> str:
+        return os.path.join(self.eval, "steps")
+
+    def eval_step_file(self, task: str, step: int) -> str:
+        """One eval of ``task`` at checkpoint ``step``, kept when a later checkpoint is evaluated."""
+        return os.path.join(self.eval_steps, f"{task}.{step:07d}.json")
 
     def make(self) -> RunDir:
         for d in (self.root, self.checkpoints, self.samples, self.eval):

@@ -65,6 +65,7 @@ def test_gold_reference_solutions_score_99_percent(tmp_path):
         assert r["pass@1"] >= 0.99 and r["pass@k"] == {"1": r["pass@1"]} and r["sampled"] is None
         assert r["per_format"]["nl"]["share"] == 1.0  # worked solutions in prose
         assert json.loads((run / "eval" / f"{task}.json").read_text()) == r
+        assert json.loads((run / "eval" / "steps" / f"{task}.0000007.json").read_text()) == r  # kept by step
         rows = list(read_jsonl(str(run / "eval" / f"{task}.generations.jsonl")))
         assert len(rows) == size
         assert {
@@ -178,6 +179,18 @@ def test_aggregation_of_known_generations(testbed_dir, tmp_path):
     assert row["testbed/share/empty"] == 0.0  # the top-level (greedy) table
 
 
+def test_samples_on_a_subset_greedy_on_all(testbed_dir, tmp_path):
+    """eval.sample_problems: the n samples cover the first N problems, greedy still every problem; pass@k is the
+    mean over those N (the same values as a full run restricted to them)."""
+    n, over = 4, ["eval.n=4", "eval.ks=[1,2,4]", "eval.batch_size=8", f"testbed.out={testbed_dir}"]
+    full = evaluate(_known_generator, ["testbed"], _cfg(*over, "eval.max_problems=7"), step=1)["testbed"]
+    sub = evaluate(_known_generator, ["testbed"], _cfg(*over, "eval.sample_problems=7"), step=1)["testbed"]
+    assert sub["num_problems"] == 20 and sub["greedy"]["num_problems"] == 20
+    assert sub["sampled"]["num_problems"] == 7 and sub["sampled"]["num_generations"] == 7 * n
+    assert sub["pass@k"] == full["pass@k"] and sub["maj@k"] == full["maj@k"]
+    assert sum(s["count"] for s in sub["sampled"]["per_format"].values()) == 7 * n
+
+
 def test_chunks_deal_every_problem_once_over_dp_replicas():
     for dp in (1, 2, 3):
         got = [c for r in range(dp) for c in chunks(11, 3, Layout(dp_rank=r, dp_size=dp))]
@@ -192,7 +205,8 @@ def test_vote_keys():
 
 
 def test_bad_eval_settings_are_config_errors(testbed_dir):
-    for bad in ("eval.n=0", "eval.ks=[0,2]", "eval.top_p=0", "eval.tasks=[nope]", "eval.max_problems=0"):
+    bad_settings = ("eval.n=0", "eval.ks=[0,2]", "eval.top_p=0", "eval.tasks=[nope]", "eval.max_problems=0")
+    for bad in (*bad_settings, "eval.sample_problems=0"):
         cfg = _cfg(f"testbed.out={testbed_dir}", bad)
         with pytest.raises(ConfigError):
             evaluate(reference_generator(), None, cfg)
@@ -220,10 +234,11 @@ EVAL = ["eval.tasks=[testbed]", "eval.n=4", "eval.ks=[1,2,4]", "eval.max_problem
 
 @pytest.fixture(scope="module")
 def pretrained(testbed_dir) -> Path:
-    """testbed -> preprocess -> a few pretraining steps: a run dir with a checkpoint and a real tokenizer."""
+    """testbed -> preprocess -> a few pretraining steps: a run dir with checkpoints at steps 4 and 8 and a real
+    tokenizer."""
     common = [f"testbed.out={testbed_dir}", f"run_dir={testbed_dir / 'run'}", *SMALL]
     cli(["preprocess", RECIPE, *common])
-    cli(["pretrain", RECIPE, *common])
+    cli(["pretrain", RECIPE, *common, "checkpoint.save_interval=4", "checkpoint.keep_last=0"])
     return testbed_dir / "run"
 
 
@@ -253,6 +268,29 @@ def test_eval_command_end_to_end(pretrained, command_run):
     assert row["step"] == 8 and row["testbed/pass@1"] == res["pass@1"]
     assert "testbed  step 8  8 problems" in r.stdout and "pass@k" in r.stdout and "wrote " in r.stdout
     assert "eval/testbed" in r.stderr  # the progress bar
+
+
+def test_eval_steps_loads_each_checkpoint_into_one_model(pretrained, command_run, tmp_path):
+    """``eval RUN_DIR --steps 4``: step 4, then the latest (8), in one process; step 8's generations equal those of
+    a fresh process on step 8 alone (the weights really are replaced), and each step is kept in eval/steps/."""
+    from echo_megatron.cli import main
+
+    out = tmp_path / "out"
+    r = cli(["eval", str(pretrained), *EVAL, "--steps", "4", "--out", str(out)])
+    assert "# " in r.stdout and "(step 4)" in r.stdout and "(step 8)" in r.stdout
+    at4 = json.loads((out / "eval" / "steps" / "testbed.0000004.json").read_text())
+    at8 = json.loads((out / "eval" / "steps" / "testbed.0000008.json").read_text())
+    assert at4["step"] == 4 and at4["checkpoint"].endswith("iter_0000004")
+    assert at8 == json.loads((out / "eval" / "testbed.json").read_text())  # the latest is evaluated last
+    ran = json.loads((pretrained / "eval" / "testbed.json").read_text())
+    assert {k: at8[k] for k in TOP_KEYS} == {k: ran[k] for k in TOP_KEYS}
+    assert _generations(out / "eval" / "testbed.generations.jsonl") == _generations(
+        pretrained / "eval" / "testbed.generations.jsonl"
+    )
+    assert sorted(row["step"] for row in read_metrics(str(out), "eval")) == [4, 8]
+    assert (
+        main(["eval", str(pretrained), *EVAL, "--steps", "3", "--out", str(out)]) == 2
+    )  # no such checkpoint
 
 
 def test_in_process_on_a_live_model_equals_the_command(pretrained, command_run, tmp_path):

@@ -3,11 +3,14 @@
 The ``k=v`` overrides apply to the run's own ``config.yaml``, e.g.::
 
     echo-megatron eval runs/demo_grpo eval.tasks=[testbed]
+    echo-megatron eval runs/demo_grpo --steps 5,10,20    # those checkpoints of the run too, then the latest
     echo-megatron eval runs/grpo_150m eval.tasks=[gsm8k,math500] eval.n=8 eval.ks=[1,8] eval.max_problems=50
     torchrun --nproc-per-node 2 -m echo_megatron eval runs/grpo_150m        # tensor parallel 2
 
 Writes ``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` under the checkpoint's run dir (or ``--out``)
-and appends a ``phase: eval`` row to its ``metrics.jsonl``; prints one table per task. Under torchrun the world
+and appends a ``phase: eval`` row to its ``metrics.jsonl``; prints one table per task. ``--steps`` evaluates earlier
+checkpoints of the same run first, in the same process (the model is built once and each checkpoint's weights
+are loaded into it); each lands in ``eval/steps/`` and ``metrics.jsonl``, so the report draws pass@k by step. Under torchrun the world
 is one tensor-parallel group unless ``parallel.tp`` says otherwise (then the problems are split over the
 data-parallel replicas; see echo_megatron/eval/run.py).
 """
@@ -25,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the run's config")
     parser.add_argument(
         "--out", default=None, help="output dir for eval/ and metrics.jsonl (default: run dir)"
+    )
+    parser.add_argument(
+        "--steps",
+        default="",
+        metavar="S1,S2,...",
+        help="also evaluate these steps' checkpoints of the same run (RUN_DIR/checkpoints/iter_NNNNNNN), first",
     )
 
 
@@ -64,6 +73,27 @@ def format_result(res: dict) -> str:
     return "\n".join(lines)
 
 
+def step_checkpoints(ckpt: str, steps: str) -> list[str]:
+    """The checkpoint dirs of ``steps`` (comma-separated) next to ``ckpt`` (``.../checkpoints/iter_NNNNNNN``), in
+    step order, without ``ckpt`` itself; a ConfigError naming a step that has no checkpoint."""
+    from echo_megatron.config import ConfigError
+
+    try:
+        wanted = sorted({int(s) for s in steps.split(",") if s.strip()})
+    except ValueError:
+        raise ConfigError(f"--steps: expected comma-separated steps, e.g. 5,10,20; got {steps!r}") from None
+    root = os.path.dirname(os.path.abspath(ckpt))
+    out = []
+    for step in wanted:
+        path = os.path.join(root, f"iter_{step:07d}")
+        if not os.path.isdir(path):
+            have = sorted(d for d in os.listdir(root) if d.startswith("iter_"))
+            raise ConfigError(f"--steps: no checkpoint for step {step} in {root} (there: {', '.join(have)})")
+        if os.path.abspath(path) != os.path.abspath(ckpt):
+            out.append(path)
+    return out
+
+
 def _precheck(path: str, overrides: list[str], out: str | None = None):
     """The run config with the overrides, checked before any model is built (cheap, clear errors).
     A transformers model (directory or hub id) is imported into OUT/base_import first."""
@@ -90,9 +120,11 @@ def _precheck(path: str, overrides: list[str], out: str | None = None):
 
 def run(args: argparse.Namespace) -> int:
     ckpt, _ = _precheck(args.checkpoint, list(args.overrides), args.out)
+    earlier = step_checkpoints(ckpt, args.steps) if args.steps else []
 
     import torch.distributed as dist
 
+    from echo_megatron.checkpoint import load_checkpoint, read_common_state
     from echo_megatron.distributed.init import destroy
     from echo_megatron.eval.generation import model_generator
     from echo_megatron.eval.run import evaluate
@@ -101,22 +133,21 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
     try:
-        policy = load_policy(ckpt, list(args.overrides))
+        policy = load_policy(earlier[0] if earlier else ckpt, list(args.overrides))
         cfg = policy.cfg
-        generate = model_generator(policy.model, policy.tokenizer, cfg)
-        results = evaluate(
-            generate,
-            list(cfg.eval.tasks),
-            cfg,
-            step=policy.iteration,
-            run_dir=out,
-            checkpoint=policy.checkpoint,
-        )
+        for i, path in enumerate([*earlier, ckpt]):
+            if i:  # same run, same model: load the next checkpoint's weights into it
+                load_checkpoint(path, [policy.model], load_rng=False)
+                policy.model.eval()
+            step = int(read_common_state(path).get("iteration", 0)) if i else policy.iteration
+            generate = model_generator(policy.model, policy.tokenizer, cfg)
+            results = evaluate(generate, list(cfg.eval.tasks), cfg, step=step, run_dir=out, checkpoint=path)
+            if dist.get_rank() == 0:
+                print(f"# {path} (step {step})")
+                for task, res in results.items():
+                    print(format_result(res))
+                    print(f"  wrote {RunDir(out).eval_file(task)} and {RunDir(out).eval_generations(task)}")
         if dist.get_rank() == 0:
-            print(f"# {policy.checkpoint} (step {policy.iteration})")
-            for task, res in results.items():
-                print(format_result(res))
-                print(f"  wrote {RunDir(out).eval_file(task)} and {RunDir(out).eval_generations(task)}")
             print(f"metrics: {RunDir(out).metrics}")
     finally:
         destroy()

@@ -266,6 +266,9 @@ class EvalConfig:
     max_problems: Optional[int] = None  # the first N problems of each task
     greedy: bool = True  # a greedy pass for pass@1 (and the per-format table of greedy answers)
     n: int = 1  # samples per problem for pass@k / maj@k; 1 = greedy only
+    sample_problems: Optional[int] = (
+        None  # the n samples on the first N problems only (greedy: all); None = all
+    )
     ks: list[int] = field(default_factory=lambda: [1, 8, 64])
     temperature: float = 0.7  # for the n samples
     top_p: float = 1.0

@@ -4,7 +4,8 @@ Per task, one pass per mode (:func:`modes`):
 
 - ``greedy`` (``eval.greedy``): one generation at temperature 0: pass@1 and the greedy per-format table;
 - ``sampled`` (``eval.n > 1``, or ``eval.greedy=false``): ``eval.n`` samples at ``eval.temperature`` /
-  ``eval.top_p``: the unbiased pass@k and maj@k over ``eval.ks`` (``echo_megatron.eval.estimators``).
+  ``eval.top_p``: the unbiased pass@k and maj@k over ``eval.ks`` (``echo_megatron.eval.estimators``), on the
+  first ``eval.sample_problems`` problems when set (a cheaper pass@k curve; greedy still sees every problem).
 
 Every generation is one :class:`EvalRecord`; :func:`summarize_task` makes the ``eval/<task>.json`` dict and
 :func:`metric_row` the ``phase: eval`` row of ``metrics.jsonl``.
@@ -54,6 +55,14 @@ def modes(ev) -> list[tuple[str, int, float]]:
     if ev.n > 1 or not ev.greedy:
         out.append((SAMPLED, int(ev.n), float(ev.temperature)))
     return out
+
+
+def mode_problems(ev, mode: str, num_problems: int) -> int:
+    """How many of the task's first problems a pass covers: all for greedy, ``eval.sample_problems`` (when set)
+    for the samples."""
+    if mode == SAMPLED and ev.sample_problems is not None:
+        return min(int(ev.sample_problems), num_problems)
+    return num_problems
 
 
 def vote_key(extracted: str | None, reward_task: str) -> Any:
@@ -131,8 +140,9 @@ def summarize_task(
     for mode, n, temperature in modes(ev):
         rows = [r for r in records if r.mode == mode]
         ks = [1] if mode == GREEDY else list(ev.ks)
-        block = summarize_mode(rows, num_problems, ks, spec.reward_task, bool(ev.maj_expected))
-        block.update({"n": n, "temperature": temperature})
+        covered = mode_problems(ev, mode, num_problems)
+        block = summarize_mode(rows, covered, ks, spec.reward_task, bool(ev.maj_expected))
+        block.update({"n": n, "temperature": temperature, "num_problems": covered})
         if mode == SAMPLED:
             block["top_p"] = float(ev.top_p)
             skipped = sorted(int(k) for k in set(ev.ks) if int(k) > n)

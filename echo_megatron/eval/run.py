@@ -27,7 +27,15 @@ from dataclasses import dataclass
 
 from echo_megatron.config import ConfigError
 from echo_megatron.distributed import collectives
-from echo_megatron.eval.aggregation import GREEDY, SAMPLED, EvalRecord, metric_row, modes, summarize_task
+from echo_megatron.eval.aggregation import (
+    GREEDY,
+    SAMPLED,
+    EvalRecord,
+    metric_row,
+    mode_problems,
+    modes,
+    summarize_task,
+)
 from echo_megatron.eval.generation import PROMPT_TOO_LONG, Completion, Generator
 from echo_megatron.eval.tasks import Problem, get_task, load_task, resolve_source
 from echo_megatron.rundir import RunDir, read_metrics, write_text_atomic
@@ -102,6 +110,8 @@ def check_eval_config(ev, tasks: Sequence[str]) -> None:
         raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
     if ev.max_problems is not None and ev.max_problems < 1:
         raise ConfigError(f"eval.max_problems must be >= 1 (or null for all), got {ev.max_problems}")
+    if ev.sample_problems is not None and ev.sample_problems < 1:
+        raise ConfigError(f"eval.sample_problems must be >= 1 (or null for all), got {ev.sample_problems}")
 
 
 def task_path(cfg, task: str) -> str | None:
@@ -192,10 +202,14 @@ def _score(items: list[Generated], problems: list[Problem], reward_task: str, cf
 
 
 def write_task_files(run_dir: str, task: str, result: dict, records: list[EvalRecord]) -> tuple[str, str]:
-    """``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` (one line per generation, problem order)."""
+    """``eval/<task>.json`` and ``eval/<task>.generations.jsonl`` (one line per generation, problem order), and
+    the same result as ``eval/steps/<task>.<step>.json``, so the evals of several checkpoints of one run are kept
+    (the report draws pass@k per evaluated step)."""
     rd = RunDir(run_dir)
-    os.makedirs(rd.eval, exist_ok=True)
-    write_text_atomic(rd.eval_file(task), json.dumps(result, indent=2) + "\n")
+    os.makedirs(rd.eval_steps, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    write_text_atomic(rd.eval_file(task), text)
+    write_text_atomic(rd.eval_step_file(task, int(result["step"])), text)
     order = {GREEDY: 0, SAMPLED: 1}
     rows = sorted(records, key=lambda r: (r.problem_index, order[r.mode], r.sample))
     lines = "".join(json.dumps(r.to_row()) + "\n" for r in rows)
@@ -277,10 +291,11 @@ def _evaluate_task(generate, task, cfg, layout, pool, step, run_dir, checkpoint,
     path = task_path(cfg, task)
     problems = load_task(task, path=path, max_problems=cfg.eval.max_problems)
     passes = modes(cfg.eval)
+    counts = {mode: mode_problems(cfg.eval, mode, len(problems)) for mode, _, _ in passes}
     total = sum(
         (e - s) * n
-        for _, n, _ in passes
-        for s, e in chunks(len(problems), max(1, int(cfg.eval.batch_size) // n), layout)
+        for mode, n, _ in passes
+        for s, e in chunks(counts[mode], max(1, int(cfg.eval.batch_size) // n), layout)
     )
     bar = Progress(
         total,
@@ -294,7 +309,9 @@ def _evaluate_task(generate, task, cfg, layout, pool, step, run_dir, checkpoint,
     items: list[Generated] = []
     try:
         for mode, n, temperature in passes:
-            items += _generate_mode(generate, problems, mode, n, temperature, cfg, layout, bar)
+            items += _generate_mode(
+                generate, problems[: counts[mode]], mode, n, temperature, cfg, layout, bar
+            )
     finally:
         bar.close()
     t1 = time.perf_counter()

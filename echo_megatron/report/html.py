@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from echo_megatron.report import plots
 from echo_megatron.report.runs import (
     Run,
+    base_name,
     headline,
     load_runs,
     mixture,
@@ -35,7 +36,8 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; margin: 0.4em 0; display: block; }
 .headline { font-size: 1.05em; background: #f6f8fa; padding: 0.5em 0.8em; border-left: 4px solid #2ca02c; }
-.meta { color: #666; font-size: 0.85em; }
+.meta { color: #666; font-size: 0.85em; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
 """
 
 
@@ -63,7 +65,8 @@ def _table(rows: Sequence[dict[str, str]]) -> str:
             cls = ' class="num"' if re.fullmatch(r"[-\d.,%e+ ]+", v) else ""
             cells.append(f"<td{cls}>{html.escape(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'>{table}</div>"
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -71,31 +74,60 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _table_ks(ks: Sequence[int], n: int | None) -> list[int]:
+    """The ks an eval table lists: 1, the powers of two, and n (the figure draws every k)."""
+    return [k for k in ks if k == 1 or k & (k - 1) == 0 or k == n]
+
+
+def _subset(ev: dict, sampled: dict) -> str:
+    """`` on the first N problems`` when the samples covered fewer problems than greedy (eval.sample_problems)."""
+    m = sampled.get("num_problems")
+    return f" on the first {m} problems" if m is not None and m != ev.get("num_problems") else ""
+
+
 def _eval_tables(run: Run) -> str:
+    """Per task: one line naming the passes, a pass@k / maj@k table (one row per metric, one column per k:
+    no metric twice) and the per-format table (greedy, and the samples when there are)."""
     parts = []
     for task, ev in sorted(run.evals.items()):
-        ks = sorted({int(k) for m in ("pass@k", "maj@k") for k in (ev.get(m) or {}) if str(k).isdigit()})
-        scores = [{"metric": "pass@1", "value": pct(ev.get("pass@1"))}]
-        for k in ks:
-            for m in ("pass@k", "maj@k"):
-                v = (ev.get(m) or {}).get(str(k))
-                if v is not None:
-                    scores.append({"metric": m.replace("@k", f"@{k}"), "value": pct(v)})
-        fmt_rows = [
-            {
-                "format": f,
-                "count": str(s.get("count", "—")),
-                "share": pct(s.get("share")),
-                "accuracy": pct(s.get("accuracy")),
-            }
-            for f, s in (ev.get("per_format") or {}).items()
-            if s.get("count")
-        ]
-        meta = ", ".join(
-            f"{k} {ev[k]}" for k in ("num_problems", "n", "temperature", "step") if ev.get(k) is not None
-        )
+        greedy, sampled = ev.get("greedy"), ev.get("sampled")
+        n = ev.get("n")
+        passes = []
+        if greedy or not sampled:
+            passes.append(f"greedy pass@1 {pct(ev.get('pass@1'))}")
+        if sampled:
+            passes.append(
+                f"{n} samples per problem at T {ev.get('temperature')}{_subset(ev, sampled)} for pass@k and "
+                f"maj@k (unbiased)"
+            )
+        meta = f"step {ev.get('step', '—')} · {ev.get('num_problems', '—')} problems · " + " · ".join(passes)
         parts.append(f"<h3>eval: {html.escape(task)}</h3><p class='meta'>{html.escape(meta)}</p>")
-        parts.append(_table(scores) + _table(fmt_rows))
+        ks = sorted({int(k) for m in ("pass@k", "maj@k") for k in (ev.get(m) or {}) if str(k).isdigit()})
+        if sampled and ks:
+            shown = _table_ks(ks, n)
+            rows = []
+            for m in ("pass@k", "maj@k"):
+                vals = ev.get(m) or {}
+                rows.append({"k": m, **{str(k): pct(vals.get(str(k))) for k in shown}})
+            parts.append(_table(rows))
+        blocks = [("greedy", greedy)] if greedy else []
+        if sampled:
+            blocks.append((f"T {sampled.get('temperature')}", sampled))
+        if not blocks:  # an eval file without mode blocks: its top-level per-format table
+            blocks = [("", ev)]
+        fmt_rows = []
+        for f in (greedy or sampled or ev).get("per_format") or {}:
+            cells = [(label, (b.get("per_format") or {}).get(f) or {}) for label, b in blocks]
+            if not any(c.get("count") for _, c in cells):
+                continue
+            row = {"format": f}
+            for label, c in cells:
+                pre = f"{label} " if label else ""
+                row[f"{pre}count"] = str(c.get("count", "—"))
+                row[f"{pre}share"] = pct(c.get("share"))
+                row[f"{pre}accuracy"] = pct(c.get("accuracy"))
+            fmt_rows.append(row)
+        parts.append(_table(fmt_rows))
     return "".join(parts)
 
 
@@ -139,10 +171,11 @@ def write_report(run_dirs: Sequence[str], out_dir: str, title: str = "echo-megat
         report.headlines[run.label] = line = headline(run)
         body.append(f"<h2 id='{html.escape(slug)}'>{html.escape(run.label)}</h2>")
         body.append(f"<p class='headline'>{html.escape(line)}</p>")
-        body.append(
-            f"<p class='meta'>{html.escape(os.path.abspath(run.root))} · scale {html.escape(scale(run))} · "
-            f"mixture {html.escape(mixture(run))}</p>"
-        )
+        facts = [os.path.abspath(run.root), f"scale {scale(run)}"]
+        if base_name(run) != "—":
+            facts.append(f"base {base_name(run)}")
+        facts.append(f"mixture {mixture(run)}")
+        body.append(f"<p class='meta'>{html.escape(' · '.join(facts))}</p>")
         for name, fn in plots.RUN_FIGURES.items():
             body.append(emit(fn(run), os.path.join(slug, f"{name}.png"), f"{run.label} {name}"))
         body.append(_eval_tables(run))

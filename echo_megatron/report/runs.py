@@ -2,7 +2,9 @@
 
 ``config.yaml`` gives scale, mixture, algorithm and KL; ``metrics.jsonl`` gives the RL curves (rows with
 ``phase == "rl"``: ``reward``, ``accuracy``, ``share/<fmt>``, ``acc/<fmt>``, ``kl``, ``entropy``, ...) and
-the pretraining loss; ``eval/<task>.json`` gives pass@1, pass@k, maj@k and the per-format table.
+the pretraining loss; ``eval/<task>.json`` gives pass@1, pass@k, maj@k and the per-format table, and
+``eval/steps/<task>.<step>.json`` the same for every evaluated checkpoint (pass@k before / during / after RL).
+An RL run's mixture is its base run's (``rl.base``): the report names the base and reads its ``config.yaml``.
 Everything else here is a small pure function of those rows, shared by the plots, the HTML table and
 :func:`headline` (which the demo prints).
 """
@@ -34,6 +36,7 @@ class Run:
     rl: list[dict[str, Any]] = field(default_factory=list)  # metrics rows with phase == "rl", by step
     pretrain: list[dict[str, Any]] = field(default_factory=list)  # phase == "pretrain"
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> eval/<task>.json
+    eval_steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task -> evals by step
 
 
 def is_run_dir(path: str) -> bool:
@@ -68,19 +71,33 @@ def _get(cfg: dict, dotted: str, default: Any = None) -> Any:
     return node
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
 def _read_evals(root: str) -> dict[str, dict]:
     evals = {}
     for path in sorted(glob.glob(os.path.join(RunDir(root).eval, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        task = str(data.get("task") or os.path.basename(path)[: -len(".json")])
-        evals[task] = data
+        data = _read_json(path)
+        evals[str(data.get("task") or os.path.basename(path)[: -len(".json")])] = data
     return evals
+
+
+def _read_eval_steps(root: str) -> dict[str, list[dict]]:
+    """task -> the evals of ``eval/steps/`` sorted by step (one per step: a re-evaluated step keeps the last)."""
+    by_task: dict[str, dict[int, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(RunDir(root).eval_steps, "*.json"))):
+        data = _read_json(path)
+        task = str(data.get("task") or os.path.basename(path).split(".")[0])
+        by_task.setdefault(task, {})[int(data.get("step") or 0)] = data
+    return {t: [evs[s] for s in sorted(evs)] for t, evs in sorted(by_task.items())}
 
 
 def load_run(root: str, label: str | None = None) -> Run:
@@ -106,6 +123,7 @@ def load_run(root: str, label: str | None = None) -> Run:
         rl=sorted((r for r in rows if r.get("phase") == "rl"), key=by_step),
         pretrain=sorted((r for r in rows if r.get("phase") == "pretrain"), key=by_step),
         evals=_read_evals(root),
+        eval_steps=_read_eval_steps(root),
     )
 
 
@@ -194,23 +212,57 @@ def scale(run: Run) -> str:
     return f"{layers}L x d{hidden}" if layers and hidden else "—"
 
 
-def mixture(run: Run) -> str:
-    """The pretraining mixture: the base run an RL run starts from, else the data sources with multipliers."""
+def base_dir(run: Run) -> str | None:
+    """The run directory an RL run starts from (``rl.base``, else ``checkpoint.load``, without a trailing
+    ``checkpoints`` / ``latest`` / ``iter_NNNNNNN``); None for a run that is not RL or names no base."""
     base = _get(run.config, "rl.base") or _get(run.config, "checkpoint.load")
-    if base and is_rl(run):
-        parts = [p for p in os.path.normpath(str(base)).split(os.sep) if p]
-        while parts and (parts[-1] in ("checkpoints", "latest") or parts[-1].startswith("iter_")):
-            parts.pop()
-        if parts:
-            return parts[-1]
-    sources = _get(run.config, "data.sources") or {}
-    if isinstance(sources, dict) and sources:
-        items = []
-        for name, src in sources.items():
-            mult = (src or {}).get("multiplier", 1.0) if isinstance(src, dict) else 1.0
-            items.append(name if mult == 1 else f"{mult:g}x{name}")
-        return " + ".join(items)
-    return "—"
+    if not base or not is_rl(run):
+        return None
+    parts = os.path.normpath(str(base)).split(os.sep)
+    while len(parts) > 1 and (parts[-1] in ("checkpoints", "latest") or parts[-1].startswith("iter_")):
+        parts.pop()
+    return os.sep.join(parts) or None
+
+
+def _base_config(run: Run) -> dict:
+    """The base run's ``config.yaml`` when its directory is here, else {}."""
+    path = base_dir(run)
+    cpath = RunDir(path).config if path else ""
+    if not cpath or not os.path.isfile(cpath):
+        return {}
+    with open(cpath, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def base_name(run: Run) -> str:
+    """The base an RL run starts from: its run name (``name`` in its config.yaml) when the base directory is
+    here, else the directory's name; ``—`` for a run that is not RL."""
+    path = base_dir(run)
+    if not path:
+        return "—"
+    return str(_base_config(run).get("name") or os.path.basename(path))
+
+
+def _sources_mixture(config: dict) -> str | None:
+    sources = _get(config, "data.sources") or {}
+    if not isinstance(sources, dict) or not sources:
+        return None
+    items = []
+    for name, src in sources.items():
+        mult = (src or {}).get("multiplier", 1.0) if isinstance(src, dict) else 1.0
+        items.append(name if mult == 1 else f"{mult:g}x{name}")
+    return " + ".join(items)
+
+
+def mixture(run: Run) -> str:
+    """The pretraining mixture (data sources with multipliers). An RL run's is its base run's, read from the
+    base's ``config.yaml`` when that directory is here, else the base's directory name (which names the
+    mixture in the paper's runs, e.g. ``150m_tg+omi1``)."""
+    path = base_dir(run)
+    if path is None:
+        return _sources_mixture(run.config) or "—"
+    return _sources_mixture(_base_config(run)) or os.path.basename(path)
 
 
 def is_rl(run: Run) -> bool:
@@ -305,6 +357,7 @@ def table_row(run: Run, task: str | None, k: int | None) -> dict[str, str]:
     row = {
         "run": run.label,
         "scale": scale(run),
+        "base": base_name(run),
         "mixture": mixture(run),
         "algorithm": str(_get(run.config, "rl.algorithm", "—")) if is_rl(run) else "—",
         "KL": (f"{kl:g}" if kl is not None else "—") if is_rl(run) else "—",
@@ -317,3 +370,38 @@ def table_row(run: Run, task: str | None, k: int | None) -> dict[str, str]:
     row["dominant format"] = f"{dom} ({_pct0(shares[dom])})" if dom else "—"
     row[f"step ≥{_pct0(SHARE_THRESHOLD)}"] = str(step90) if step90 is not None else "—"
     return row
+
+
+def reward_differs(rows: Sequence[dict], tol: float = 1e-9) -> bool:
+    """Whether ``reward`` and ``accuracy`` ever differ (by more than ``tol``) at a step that logs both; a binary
+    reward equals the accuracy and is then not drawn twice. True when only reward is logged."""
+    _, reward = series(rows, "reward")
+    _, acc = series(rows, "accuracy")
+    pairs = [(r, a) for r, a in zip(reward, acc) if not math.isnan(r)]
+    return any(math.isnan(a) or abs(r - a) > tol for r, a in pairs)
+
+
+def evals_by_step(run: Run, task: str | None) -> list[dict]:
+    """The run's evals of ``task`` in step order: ``eval/steps/`` when present, else the one ``eval/<task>.json``."""
+    if not task:
+        return []
+    steps = run.eval_steps.get(task) or []
+    if steps:
+        return list(steps)
+    return [run.evals[task]] if task in run.evals else []
+
+
+def base_run(run: Run) -> Run | None:
+    """The base run directory of an RL run, loaded, when it is here (else None)."""
+    path = base_dir(run)
+    if path is None or not os.path.isdir(path) or not is_run_dir(path):
+        return None
+    return load_run(path)
+
+
+def k_curve(ev: dict, metric: str) -> tuple[list[int], list[float]]:
+    """(ks, values) of ``pass@k`` or ``maj@k`` of one eval dict, by increasing k."""
+    pts = sorted(
+        (int(k), float(v)) for k, v in (ev.get(metric) or {}).items() if str(k).isdigit() and v is not None
+    )
+    return [k for k, _ in pts], [v for _, v in pts]
