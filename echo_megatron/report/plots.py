@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -300,27 +301,36 @@ def _grid(n: int, max_cols: int = 3) -> tuple[Figure, int, int]:
     return figure((max(FIGSIZE[0], CELL[0] * cols + 1.4), max(FIGSIZE[1], CELL[1] * rows))), rows, cols
 
 
+def _small_multiples(runs: Sequence[Run], draw: Callable[[Any, Run], None], ylabel: str) -> Figure:
+    """One panel per run drawn by ``draw(ax, run)``, titled with the run's label, one legend for all panels."""
+    fig, rows, cols = _grid(len(runs))
+    handles: dict = {}
+    for i, run in enumerate(runs):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        draw(ax, run)
+        ax.set_title(run.label)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.supxlabel("RL step", fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    legend_outside(fig, handles=list(handles.values()), labels=list(handles))
+    return fig
+
+
 @styled
 def share_small_multiples(runs: Sequence[Run]) -> Figure | None:
     """Format share over RL steps (stacked) with accuracy (black), one small panel per run, same axes."""
     runs = [r for r in runs if format_share_series(r.rl)[1]]
     if not runs:
         return None
-    fig, rows, cols = _grid(len(runs))
-    handles: dict = {}
-    for i, run in enumerate(runs):
-        ax = fig.add_subplot(rows, cols, i + 1)
+
+    def draw(ax, run: Run) -> None:
         _stack_shares(ax, run.rl)
         steps, acc = series(run.rl, "accuracy")
         if _has(acc):
             ax.plot(steps, acc, color=ACCURACY_COLOR, lw=1.2, label="accuracy")
-        ax.set_title(run.label)
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.supxlabel("RL step", fontsize=9)
-    fig.supylabel("share of samples / accuracy", fontsize=9)
-    legend_outside(fig, handles=list(handles.values()), labels=list(handles))
-    return fig
+
+    return _small_multiples(runs, draw, "share of samples / accuracy")
 
 
 @styled
@@ -329,22 +339,15 @@ def accuracy_small_multiples(runs: Sequence[Run]) -> Figure | None:
     runs = [r for r in runs if format_accuracy_series(r.rl)[1] or _has(series(r.rl, "accuracy")[1])]
     if not runs:
         return None
-    fig, rows, cols = _grid(len(runs))
-    handles: dict = {}
-    for i, run in enumerate(runs):
-        ax = fig.add_subplot(rows, cols, i + 1)
+
+    def draw(ax, run: Run) -> None:
         steps, acc = format_accuracy_series(run.rl)
         for fmt, vals in acc.items():
             ax.plot(steps, vals, color=color(fmt), lw=1, label=fmt)
         ax.plot(*series(run.rl, "accuracy"), color=ACCURACY_COLOR, lw=1.4, label="all samples")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(run.label)
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.supxlabel("RL step", fontsize=9)
-    fig.supylabel("accuracy per format", fontsize=9)
-    legend_outside(fig, handles=list(handles.values()), labels=list(handles))
-    return fig
+
+    return _small_multiples(runs, draw, "accuracy per format")
 
 
 RUN_CMAPS = ("Greys", "Reds", "Purples", "copper", "Blues", "Greens")
