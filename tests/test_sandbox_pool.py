@@ -139,6 +139,28 @@ def test_a_worker_that_dies_while_starting_names_the_knob(tmp_path, monkeypatch)
     assert "\n" not in str(err.value) and "rewards.sandbox_seccomp=false" in str(err.value)
 
 
+def test_a_library_under_tmp_stays_importable_beneath_the_scratch(tmp_path, monkeypatch):
+    """A venv in a clone under /tmp: the scratch /tmp is mounted first and the library is bound onto it, so a
+    submodule the program imports lazily (as sympy does) is still there, and programs still run on the scratch."""
+    pkg = tmp_path / "lazy_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "later.py").write_text("VALUE = 42\n")
+    assert str(tmp_path).startswith("/tmp/")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with SandboxPool(workers=1, timeout_s=3.0, preload=["math", "lazy_pkg"]) as p:
+        assert p.isolation["view"]
+        body = (
+            "import os, lazy_pkg.later\nreturn repr((lazy_pkg.later.VALUE, os.getcwd().startswith('/tmp/')))"
+        )
+        (reply,) = p.run([fn(body)])
+    assert reply.error is None, reply
+    assert ast.literal_eval(reply.value) == (
+        42,
+        True,
+    )  # the library is found and the run dir is on the scratch
+
+
 def test_config_and_invalid_arguments():
     cfg = RewardConfig()
     assert (

@@ -16,7 +16,8 @@ the root, holding read-only bind mounts of exactly
   inside them hidden) and ``/etc/ld.so.cache``, for extension modules imported later,
 - ``/dev/null``, ``/dev/zero``, ``/dev/urandom``, ``/dev/random``,
 
-and ``/tmp``, a small tmpfs (``scratch_bytes``, 4,096 inodes, mode 711) that holds the programs' run dirs. The
+and ``/tmp``, a small tmpfs (``scratch_bytes``, 4,096 inodes, mode 711) that holds the programs' run dirs (mounted
+before the binds beneath it, so that a venv under /tmp stays importable). The
 root is then remounted read-only and the old root is detached (``pivot_root``): no project file, data set, home
 directory, /proc, /sys, /run or /etc file is reachable, whatever the program's uid. The template's import caches
 are cleared so that it does not remember directory listings of the host.
@@ -166,11 +167,17 @@ def build_view(root: str, binds: list[str], masks: list[str], scratch_bytes: int
     """Mount the view on ``root`` (an empty directory); returns the paths it exposes."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=4m,nr_inodes=65536")
-    ops = [(p, "bind") for p in binds] + [(m, "mask") for m in masks]
-    # parents first; a mask before the binds inside it
+    # parents first; the scratch /tmp and the masks before the binds inside them: a library that lives under
+    # /tmp (a venv in a clone there) is bound onto the scratch, not hidden by it
+    ops = [(p, "bind") for p in binds] + [(m, "mask") for m in masks] + [("/tmp", "scratch")]
     ops.sort(key=lambda op: (op[0].count("/"), op[1] == "bind"))
     masked = []
     for path, kind in ops:
+        if kind == "scratch":
+            scratch = _mountpoint(root, path, True)
+            opts = f"mode=711,size={scratch_bytes},nr_inodes=4096"
+            mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
+            continue
         if kind == "mask":
             if any(_under(path, b) for b in binds if b != path):
                 target = _mountpoint(root, path, True)
@@ -189,9 +196,6 @@ def build_view(root: str, binds: list[str], masks: list[str], scratch_bytes: int
             mount(dev, target, None, MS_BIND)
             ro = 0 if dev == "/dev/null" else MS_RDONLY
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC | ro | _lock_flags(dev))
-    scratch = _mountpoint(root, "/tmp", True)
-    opts = f"mode=711,size={scratch_bytes},nr_inodes=4096"
-    mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     return sorted(binds)
 
