@@ -13,7 +13,7 @@ from test_data_common import DEMO, demo_cfg
 from echo_megatron.cli import main
 from echo_megatron.config.data import TestbedConfig
 from echo_megatron.data.gsm8k3 import generate_gsm8k3, render
-from echo_megatron.data.testbed import assign_formats, generate
+from echo_megatron.data.testbed import assign_formats, generate, hard_problems, heldout_rows
 
 
 def run_code(solution: str) -> object:
@@ -85,6 +85,30 @@ def test_held_out_questions_never_in_train_and_proportions_exact():
     assert counts == {"code": 400, "code_interp": 600, "nl": 1000}
 
 
+def test_hard_split_is_harder_unseen_correct_and_leaves_the_demo_sets_alone(tmp_path):
+    """test_hard.jsonl: every problem at max_ops steps with its start and + / - operands above max_operand, no
+    question of train or test, every rendering correct; train/test bytes do not depend on it."""
+    cfg = TestbedConfig(n_train=2000, n_test=100, n_hard=150, seed=3)
+    train, test = generate(cfg)
+    assert generate(TestbedConfig(n_train=2000, n_test=100, n_hard=0, seed=3)) == (train, test)
+    seen = {r["question"] for r in train} | {r["question"] for r in test}
+    hard = hard_problems(cfg, seen)
+    assert len(hard) == 150 and not {p.question for p in hard} & seen
+    for p in hard:
+        assert len(p.steps) == cfg.max_ops and cfg.max_operand < p.start <= cfg.hard_max_operand
+        for s in p.steps:
+            if s.op in "+-":
+                assert cfg.max_operand < s.operand <= cfg.hard_max_operand
+    for row in heldout_rows(hard, "tbhard"):
+        assert run_code(row["solutions"]["code"]) == row["answer"]
+        assert run_code_interp(row["solutions"]["code_interp"])[0] == str(row["answer"])
+        check_nl(row["solutions"]["nl"], row["answer"])
+    train_ops = [r["question"].count(".") - 1 for r in train]  # sentences: start + steps
+    assert sum(train_ops) / len(train_ops) < cfg.max_ops
+    with pytest.raises(ValueError, match="hard_max_operand"):
+        hard_problems(TestbedConfig(hard_max_operand=20), set())
+
+
 def test_assign_formats_largest_remainder_and_bad_format():
     import random
 
@@ -114,6 +138,8 @@ def test_cli_writes_files_prompts_and_tokenizer(tmp_path):
         rows = [json.loads(x) for x in (tmp_path / f"train_{f}.jsonl").read_text().splitlines()]
         assert rows and all(r["format"] == f for r in rows)
     assert (tmp_path / "tokenizer.json").is_file()
+    hard = [json.loads(x) for x in (tmp_path / "test_hard.jsonl").read_text().splitlines()]
+    assert len(hard) == 200 and all(set(r) == {"id", "question", "answer", "solutions"} for r in hard)
     assert cfg.data.tokenizer.path == f"{tmp_path}/tokenizer.json"
 
 

@@ -94,6 +94,9 @@ def test_testbed_references_in_every_format_score_100_percent(testbed_dir, tmp_p
         res = evaluate(reference_generator(fmt), ["testbed"], cfg)["testbed"]
         assert res["num_problems"] == 20 and res["pass@1"] == 1.0, (fmt, res["greedy"])
         assert res["per_format"][fmt] == {"count": 20, "share": 1.0, "accuracy": 1.0}
+    # the harder split is its own task, read from <testbed.out>/test_hard.jsonl: 200 other problems
+    hard = evaluate(reference_generator("nl"), ["testbed_hard"], cfg)["testbed_hard"]
+    assert hard["num_problems"] == 200 and hard["pass@1"] == 1.0
 
 
 # ---- aggregation of known generations -----------------------------------------------------------------------

@@ -87,6 +87,10 @@ class TestbedConfig:
     seed: int = 0
     n_train: int = 20000
     n_test: int = 200
+    # the harder held-out split (OUT/test_hard.jsonl, eval task testbed_hard; the MATH analogue of the study):
+    # every problem has max_ops steps and its + / - operands (and start) lie above max_operand, up to this
+    n_hard: int = 200
+    hard_max_operand: int = 60
     min_ops: int = 2
     max_ops: int = 3
     min_operand: int = 2

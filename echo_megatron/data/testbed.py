@@ -257,16 +257,62 @@ def generate(cfg) -> tuple[list[dict], list[dict]]:
         }
         for i, (p, f) in enumerate(zip(train, labels))
     ]
-    test_rows = [
+    return train_rows, heldout_rows(test, "tbtest")
+
+
+def hard_problems(cfg, exclude: set[str]) -> list[Problem]:
+    """``cfg.n_hard`` problems harder than any of the train set, none of whose questions is in ``exclude``:
+    ``max_ops`` steps each (the train set mixes ``min_ops``..``max_ops``), and a start and + / - operands in
+    ``(max_operand, hard_max_operand]``, numbers the model has seen only as intermediate values. Drawn from their
+    own generator (seed + 1), so the train and test sets do not depend on them. In ``nl`` the larger
+    arithmetic is the model's to do; in the code formats the interpreter's."""
+    if cfg.n_hard <= 0:
+        return []
+    if not cfg.max_operand < cfg.hard_max_operand <= cfg.max_answer:
+        raise ValueError("testbed: need max_operand < hard_max_operand <= max_answer")
+    hard = _HardRanges(cfg)
+    rng = random.Random(cfg.seed + 1)
+    seen = set(exclude)
+    out: list[Problem] = []
+    tries = 0
+    while len(out) < cfg.n_hard:
+        tries += 1
+        if tries > 50 * cfg.n_hard + 1000:
+            raise ValueError(f"testbed: only {len(out)} distinct hard problems for n_hard = {cfg.n_hard}")
+        p = generate_problem(rng, hard)
+        if p is None or p.question in seen:
+            continue
+        seen.add(p.question)
+        out.append(p)
+    return out
+
+
+class _HardRanges:
+    """The number ranges of the hard split: the config's, with ops fixed at max_ops and operands above
+    max_operand."""
+
+    def __init__(self, cfg) -> None:
+        self.min_ops = self.max_ops = cfg.max_ops
+        self.min_operand, self.max_operand = cfg.max_operand + 1, cfg.hard_max_operand
+        self.mul_min, self.mul_max, self.max_answer, self.ops = (
+            cfg.mul_min,
+            cfg.mul_max,
+            cfg.max_answer,
+            cfg.ops,
+        )
+
+
+def heldout_rows(problems: list[Problem], prefix: str) -> list[dict]:
+    """Held-out rows {id, question, answer, solutions}: the reference solution in every format."""
+    return [
         {
-            "id": f"tbtest-{i:04d}",
+            "id": f"{prefix}-{i:04d}",
             "question": p.question,
             "answer": p.answer,
             "solutions": {f: r(p) for f, r in RENDERERS.items()},
         }
-        for i, p in enumerate(test)
+        for i, p in enumerate(problems)
     ]
-    return train_rows, test_rows
 
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
@@ -283,6 +329,7 @@ def write_testbed(cfg) -> dict:
     OUT/train.jsonl            {id, question, solution, format, answer}, formats mixed by ``cfg.formats``
     OUT/train_<format>.jsonl   the same rows split by format (the demo recipe's sources)
     OUT/test.jsonl             held-out {id, question, answer, solutions}: no question also in train
+    OUT/test_hard.jsonl        the harder held-out split (``hard_problems``), same fields
     OUT/prompts_train.jsonl    {id, question, answer} of every train problem (RL prompts)
     OUT/tokenizer.json         a tokenizer trained on the train prompts and solutions (``cfg.tokenizer``)
     OUT/gsm8k3/...             the same layout for GSM8K train rendered in three formats (if ``gsm8k_path``)
@@ -293,6 +340,9 @@ def write_testbed(cfg) -> dict:
     summary: dict = {"out": cfg.out, "seed": cfg.seed, "train": len(train), "test": len(test)}
     _write_set(cfg.out, train, summary)
     write_jsonl(os.path.join(cfg.out, "test.jsonl"), test)
+    hard = hard_problems(cfg, {r["question"] for r in train} | {r["question"] for r in test})
+    write_jsonl(os.path.join(cfg.out, "test_hard.jsonl"), heldout_rows(hard, "tbhard"))
+    summary["test_hard"] = len(hard)
     if cfg.tokenizer != "none":
         from echo_megatron.data.tokenizer import save_tokenizer, train_tokenizer
 

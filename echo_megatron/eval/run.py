@@ -115,13 +115,15 @@ def check_eval_config(ev, tasks: Sequence[str]) -> None:
 
 
 def task_path(cfg, task: str) -> str | None:
-    """The file a task reads: ``eval.paths[task]``, else for the testbed ``<testbed.out>/test.jsonl`` of this
-    config when it exists, else None (the registry's shipped file or hub set)."""
+    """The file a task reads: ``eval.paths[task]``, else for the testbed ``<testbed.out>/test.jsonl`` (and
+    ``test_hard.jsonl`` for testbed_hard) of this config when it exists, else None (the registry's shipped file
+    or hub set)."""
     paths = cfg.eval.paths or {}
     if paths.get(task):
         return str(paths[task])
-    if task == "testbed":
-        out = os.path.join(str(cfg.testbed.out), "test.jsonl")
+    testbed_files = {"testbed": "test.jsonl", "testbed_hard": "test_hard.jsonl"}
+    if task in testbed_files:
+        out = os.path.join(str(cfg.testbed.out), testbed_files[task])
         if os.path.isfile(out):
             return out
     return None

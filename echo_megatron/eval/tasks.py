@@ -196,6 +196,17 @@ TASKS: dict[str, TaskSpec] = {
             id_field="id",
             default_path="data/testbed/test.jsonl",
         ),
+        TaskSpec(
+            name="testbed_hard",
+            reward_task="testbed",
+            description="the format testbed's harder held-out split: max_ops steps, larger operands (the MATH analogue)",
+            question_fields=("question",),
+            answer_field="answer",
+            solution_field="solution",
+            solutions_field="solutions",
+            id_field="id",
+            default_path="data/testbed/test_hard.jsonl",
+        ),
     ]
 }
 
