@@ -378,7 +378,7 @@ def test_one_size_legends_outside_one_colour_per_format(tmp_path):
 
 
 def test_demo_evaluates_log_spaced_checkpoints():
-    from echo_megatron.commands.demo import log_spaced_checkpoints
+    from echo_megatron.checkpoint.schedule import log_spaced_checkpoints
 
     assert log_spaced_checkpoints([10, 20, 30, 40]) == [
         10,

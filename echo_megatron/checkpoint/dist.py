@@ -109,6 +109,14 @@ def checkpoint_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
+def saved_iterations(root: str) -> list[int]:
+    """The iterations of the complete checkpoints under ``root`` (``iter_NNNNNNN`` dirs, no ``.tmp``), sorted."""
+    if not os.path.isdir(root):
+        return []
+    names = [d for d in os.listdir(root) if d.startswith("iter_") and d[len("iter_") :].isdigit()]
+    return sorted(int(d[len("iter_") :]) for d in names)
+
+
 def save_checkpoint(
     root: str,
     iteration: int,

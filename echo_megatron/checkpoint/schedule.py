@@ -25,3 +25,19 @@ def log_spaced_steps(total: int, n: int = 15, start: float = -2.1) -> list[int]:
 def is_save_step(step: int, interval: int, save_steps: Sequence[int], last_step: int) -> bool:
     """Whether ``step`` is saved: a multiple of ``interval`` (0 = none), listed in ``save_steps``, or the last."""
     return bool(interval and step % interval == 0) or step in save_steps or step == last_step
+
+
+def log_spaced_checkpoints(steps: list[int], count: int = 2) -> list[int]:
+    """Of the saved ``steps``, the ones nearest ``last / 2**j`` for j = count..1 (``last = max(steps)`` itself
+    is evaluated anyway), sorted and distinct: e.g. 10, 20 of 10, 20, 30, 40 (the paper evaluates its RL
+    checkpoints on a log-spaced grid too, see ``log_spaced_steps``)."""
+    if not steps:
+        return []
+    last = max(steps)
+    earlier = [s for s in steps if s < last]
+    picked = (
+        {min(earlier, key=lambda s: (abs(s - last / 2**j), s)) for j in range(count, 0, -1)}
+        if earlier
+        else set()
+    )
+    return sorted(picked)

@@ -13,13 +13,15 @@ Stages (each one a separate ``echo-megatron`` process, each resumable: rerunning
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import subprocess
 import sys
 import time
 
+from echo_megatron.checkpoint.dist import saved_iterations
+from echo_megatron.checkpoint.schedule import log_spaced_checkpoints
 from echo_megatron.config.loader import SHIPPED_RECIPES
+from echo_megatron.rundir import RunDir
 
 RECIPES = os.path.join(SHIPPED_RECIPES, "demo")
 
@@ -29,27 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="also run PPO and Expert Iteration")
     parser.add_argument("--recipes", default=RECIPES, help="directory with testbed.yaml and *_testbed.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every stage")
-
-
-def log_spaced_checkpoints(steps: list[int], count: int = 2) -> list[int]:
-    """Of the saved ``steps``, the ones nearest ``last / 2**j`` for j = count..1 (``last = max(steps)`` itself
-    is evaluated anyway), sorted and distinct: e.g. 10, 20 of 10, 20, 30, 40 (the paper evaluates its RL
-    checkpoints on a log-spaced grid too, see echo_megatron/checkpoint/schedule.py)."""
-    if not steps:
-        return []
-    last = max(steps)
-    earlier = [s for s in steps if s < last]
-    picked = (
-        {min(earlier, key=lambda s: (abs(s - last / 2**j), s)) for j in range(count, 0, -1)}
-        if earlier
-        else set()
-    )
-    return sorted(picked)
-
-
-def _saved_steps(run_dir: str) -> list[int]:
-    names = glob.glob(os.path.join(run_dir, "checkpoints", "iter_[0-9]*"))
-    return sorted(int(os.path.basename(n)[len("iter_") :]) for n in names)
 
 
 def _stage(n: int, total: int, title: str, args: list[str]) -> float:
@@ -101,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             f"RL: {algo} from the base",
             ["rl", rec(f"{algo}_testbed.yaml"), *tb, f"rl.base={base}", f"run_dir={run_dir}"],
         )
-        steps = log_spaced_checkpoints(_saved_steps(run_dir))
+        steps = log_spaced_checkpoints(saved_iterations(RunDir(run_dir).checkpoints))
         at = f" at steps {', '.join(map(str, steps))} and the last" if steps else ""
         argv = ["eval", run_dir, *tb, "eval.tasks=[testbed]"] + (
             ["--steps", ",".join(map(str, steps))] if steps else []
