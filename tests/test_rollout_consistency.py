@@ -228,3 +228,19 @@ def test_cached_rope_is_megatrons_unfused_rope(model, rot_dim):
     freqs = torch.randn(3, 2, 1, rot_dim, generator=g) * 3
     got = CachedForward(model)._rotate(t, freqs.cos(), freqs.sin())
     assert torch.equal(got, _apply_rotary_pos_emb_bshd(t, freqs))
+
+
+def test_rows_reaching_the_last_position_at_different_steps(model):
+    """Prompts of different lengths, all generating up to max_seq_len: the longest prompt's row runs out of room
+    first and idles in the cache while the others go on (with learned positions, a position past the last is
+    out of the table). Every row fills exactly its room and matches the no-cache loop."""
+    prompts = PROMPTS + [
+        [k, k + 1] for k in range(3, 40)
+    ]  # many short rows: the long ones idle, not compacted
+    kw = dict(n=1, max_new_tokens=200, temperature=0.0, seed=0, ignore_eos=True)
+    got = sampler(model).generate(prompts, **kw)
+    assert [len(r.response_ids) for r in got] == [96 - len(p) for p in prompts]
+    assert all(r.finish_reason == "length" for r in got)
+    want = [generate_no_cache(model, [p], max_new_tokens=96 - len(p), temperature=0.0)[0] for p in PROMPTS]
+    got = got[: len(PROMPTS)]
+    assert [r.response_ids for r in got] == want

@@ -222,7 +222,9 @@ class Sampler:
                 feed[live_idx] = tok
             else:
                 feed = tok
-            logits = self.forward(cache, feed.unsqueeze(1), pos.unsqueeze(1))
+            # a finished row still in the cache may sit past the last position (its prompt was longer, so its
+            # budget ran out first): its dummy token goes to the last position instead of out of range
+            logits = self.forward(cache, feed.unsqueeze(1), pos.clamp(max=self.max_seq_len - 1).unsqueeze(1))
             pos = pos + 1
 
         return self._finish(prompts, rows, out_tok, out_lp, length, reason, matched)
