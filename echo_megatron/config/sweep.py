@@ -193,20 +193,28 @@ def load_grid(path: str) -> Grid:
             f"{path}: unknown grid key(s) {sorted(unknown)} (known: name, base, run_dir, set, axes)"
         )
     name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
-    fixed = _flatten(raw.get("set") or {})
+    return grid_from_mapping(path, raw, str(name), str(raw.get("run_dir") or "runs/{grid}/{name}"), path)
+
+
+def grid_from_mapping(
+    path: str, raw: dict, name: str, run_dir: str, where: str, inherited: dict[str, Any] | None = None
+) -> Grid:
+    """A Grid from the ``base`` / ``set`` / ``axes`` of a mapping (a grid file, or a part of a study file at
+    ``where``); ``inherited`` overrides come before the mapping's own ``set``."""
     if not isinstance(raw.get("set") or {}, dict):
-        raise ConfigError(f"{path}: 'set' must be a mapping of dotted keys to values")
-    check_overrides(fixed, f"{path}: set")
+        raise ConfigError(f"{where}: 'set' must be a mapping of dotted keys to values")
+    fixed = {**(inherited or {}), **_flatten(raw.get("set") or {})}
+    check_overrides(fixed, f"{where}: set")
     axes_raw = raw.get("axes")
     if not isinstance(axes_raw, dict) or not axes_raw:
-        raise ConfigError(f"{path}: 'axes' must be a non-empty mapping")
+        raise ConfigError(f"{where}: 'axes' must be a non-empty mapping")
     axes = [_parse_axis(path, k, v) for k, v in axes_raw.items()]
     base = raw.get("base")
     return Grid(
         path=os.path.abspath(path),
-        name=safe_name(str(name)),
-        base=_resolve_base(path, base, f"{path}: base") if base is not None else None,
-        run_dir=str(raw.get("run_dir") or "runs/{grid}/{name}"),
+        name=safe_name(name),
+        base=_resolve_base(path, base, f"{where}: base") if base is not None else None,
+        run_dir=run_dir,
         fixed=fixed,
         axes=axes,
     )
