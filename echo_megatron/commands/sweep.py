@@ -18,6 +18,7 @@ import os
 import sys
 
 from echo_megatron.config import ConfigError
+from echo_megatron.config.loader import resolve_recipe
 from echo_megatron.config.sweep import SweepRun
 
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from echo_megatron.config.study import is_study
     from echo_megatron.config.sweep import expand, load_grid, missing_bases, write_recipes
 
+    args.grid = resolve_recipe(args.grid)  # recipes/demo/study.yaml works from any folder
     if is_study(args.grid):
         return run_study(args)
     if args.run or args.quick:
