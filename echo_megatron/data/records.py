@@ -89,7 +89,7 @@ def numbered_jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
                 yield i, parse_json_line(line, f"{path}:{i}")
 
 
-def _quiet_datasets() -> None:
+def quiet_datasets() -> None:
     """No log lines or bars per file, and no download-count ping to S3 per ``load_dataset`` (these are local
     files; on an offline node each ping would wait for its timeout)."""
     import datasets
@@ -103,7 +103,7 @@ def _stream(path: str, columns: list[str] | None):
     """The file as an IterableDataset of Arrow tables (parquet: only ``columns`` that exist)."""
     import datasets
 
-    _quiet_datasets()
+    quiet_datasets()
     builder = builder_of(path)
     kwargs: dict[str, Any] = {}
     if builder == "parquet" and columns is not None:

@@ -232,6 +232,9 @@ def _first_malformed_line(path: str) -> str | None:
 def _read_local(task: str, path: str) -> Iterable[dict]:
     import datasets
 
+    from echo_megatron.data.records import quiet_datasets
+
+    quiet_datasets()  # no progress bar: `eval ... > log` stays free of carriage returns
     if not os.path.isfile(path):
         raise TaskError(f"task {task}: file not found: {path}")
     name = path.lower().removesuffix(".gz")
