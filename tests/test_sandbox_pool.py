@@ -141,7 +141,8 @@ def test_a_worker_that_dies_while_starting_names_the_knob(tmp_path, monkeypatch)
 
 def test_a_library_under_tmp_stays_importable_beneath_the_scratch(tmp_path, monkeypatch):
     """A venv in a clone under /tmp: the scratch /tmp is mounted first and the library is bound onto it, so a
-    submodule the program imports lazily (as sympy does) is still there, and programs still run on the scratch."""
+    submodule the program imports lazily (as sympy does) is still there, programs still run on the scratch, and the
+    directories made to hold the bind cannot be listed."""
     pkg = tmp_path / "lazy_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -151,14 +152,19 @@ def test_a_library_under_tmp_stays_importable_beneath_the_scratch(tmp_path, monk
     with SandboxPool(workers=1, timeout_s=3.0, preload=["math", "lazy_pkg"]) as p:
         assert p.isolation["view"]
         body = (
-            "import os, lazy_pkg.later\nreturn repr((lazy_pkg.later.VALUE, os.getcwd().startswith('/tmp/')))"
+            "import os, lazy_pkg.later\n"
+            f"parent = {str(tmp_path.parent)!r}\n"
+            "try:\n"
+            "    listed = os.listdir(parent)\n"
+            "except OSError as e:\n"
+            "    listed = type(e).__name__\n"
+            "return repr((lazy_pkg.later.VALUE, os.getcwd().startswith('/tmp/'), os.path.isdir(parent), listed))"
         )
         (reply,) = p.run([fn(body)])
     assert reply.error is None, reply
-    assert ast.literal_eval(reply.value) == (
-        42,
-        True,
-    )  # the library is found and the run dir is on the scratch
+    # the library is found, the run dir is on the scratch, and the directories above the library are there to be
+    # walked through, not listed (traverse-only): the program does not learn what else lies beside it
+    assert ast.literal_eval(reply.value) == (42, True, True, "PermissionError")
 
 
 def test_config_and_invalid_arguments():

@@ -163,8 +163,26 @@ def _mountpoint(root: str, path: str, is_dir: bool) -> str:
     return target
 
 
+def skeleton_dirs(binds: list[str], masks: list[str]) -> list[str]:
+    """The directories the view makes only to hold its mounts: ancestors of a bind that are neither mounted nor
+    inside a mount (``/usr`` for ``/usr/lib``, every directory above a venv's site-packages and site-packages
+    itself), except the scratch ``/tmp``. Nothing needs to list them: a preloaded package imports its submodules
+    through its own ``__path__`` (a bind), the standard library is a bind, and the import system treats a
+    sys.path entry it may not list as one that holds nothing."""
+    mounted = [*binds, *masks]
+    dirs = set()
+    for path in binds:
+        parent = os.path.dirname(path)
+        while parent not in ("/", ""):
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    return sorted(d for d in dirs if d != "/tmp" and not any(_under(d, m) for m in mounted))
+
+
 def build_view(root: str, binds: list[str], masks: list[str], scratch_bytes: int) -> list[str]:
-    """Mount the view on ``root`` (an empty directory); returns the paths it exposes."""
+    """Mount the view on ``root`` (an empty directory); returns the paths it exposes. The directories made only
+    to hold mounts are traverse-only (mode 111): a program reaches the libraries through them but cannot list
+    them, so a venv inside a checkout under /tmp does not show the checkout's path or its other entries."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=4m,nr_inodes=65536")
     # parents first; the scratch /tmp and the masks before the binds inside them: a library that lives under
@@ -188,6 +206,8 @@ def build_view(root: str, binds: list[str], masks: list[str], scratch_bytes: int
         target = _mountpoint(root, path, os.path.isdir(real))
         mount(real, target, None, MS_BIND | MS_REC)
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _lock_flags(real))
+    for d in skeleton_dirs(binds, masks):
+        os.chmod(root + d, 0o111)
     for target in masked:  # empty and read-only from now on
         mount(None, target, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for dev in DEVICES:
