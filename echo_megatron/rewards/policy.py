@@ -57,7 +57,7 @@ class SandboxPolicy:
     """What a sandboxed program may do and how the pool runs it."""
 
     workers: int = 2  # pre-forked sandbox worker processes (per profile)
-    timeout_s: float = 3.0  # wall-clock limit per program (CPU rlimit = ceil of it)
+    timeout_s: float = 3.0  # wall-clock limit per program (CPU rlimit = ceil of it + 1 s, a backstop)
     verify_timeout_s: float = 5.0  # the same for a math-verify comparison (no model code; LaTeX can be slow)
     memory_mb: int = 1024  # address space a program may add on top of the interpreter
     max_output_bytes: int = 65536  # stdout+stderr cap per program (also its file-size rlimit)

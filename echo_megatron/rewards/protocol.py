@@ -145,7 +145,7 @@ def outcome(data: bytes, ended: Exit, timeout_s: float, overflow: bool = False) 
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGSYS:
             return err("forbidden", "a system call outside the allow list (seccomp)")
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and ended.cpu_s >= math.ceil(timeout_s)):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and ended.cpu_s >= math.ceil(timeout_s) + 1):
             return err("cpu", f"CPU limit ({ended.cpu_s:.1f} s)")
         if sig in CRASH_SIGNALS:
             return err("crash", f"killed by {name}")

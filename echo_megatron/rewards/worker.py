@@ -20,7 +20,7 @@ any job, gold or reply**, so a child (a fresh fork of it) finds no trace of earl
 changes in its own memory dies with it. Each child hardens itself before it reads its job (``child_main``):
 setsid; stdin/stdout/stderr -> /dev/null; every descriptor closed but the result pipe (3) and the job pipe (4);
 cwd = a fresh run dir (mode 700, owned by the program's uid) on the scratch tmpfs; an empty environment;
-rlimits (CPU = ceil(timeout) s, AS = the template's size + memory_mb, FSIZE = output cap, NOFILE, NPROC 0, CORE 0,
+rlimits (CPU = ceil(timeout) + 1 s, AS = the template's size + memory_mb, FSIZE = output cap, NOFILE, NPROC 0, CORE 0,
 MEMLOCK 0, MSGQUEUE 0); as root, the worker's leased uid/gid with no groups (which drops every capability); in a
 user namespace, every capability dropped (bounding set too); parent-death signal; the seccomp allow list. After
 each child the template SIGKILLs and reaps whatever else is left in its process group (nothing can be: it may
@@ -346,7 +346,9 @@ class Template:
             os.environ.update(HOME=rundir, TMPDIR=rundir, PATH="/usr/bin:/bin", LANG="C.UTF-8")
             tempfile.tempdir = rundir
             p = self.policy
-            cpu = max(1, math.ceil(self.timeout_s))
+            # a backstop a second past the wall-clock timeout, which is the limit: a single-threaded program
+            # that spins is always "timeout", not a race between the pool's timer and SIGXCPU
+            cpu = max(1, math.ceil(self.timeout_s)) + 1
             limits = [
                 (resource.RLIMIT_CPU, cpu, cpu + 1),
                 (resource.RLIMIT_AS, self.memory_limit, None),
