@@ -41,6 +41,11 @@ def test_shipped_study_expands_into_shared_bases_and_groups():
         "study-base-code1x-s", "study-base-code1x-m", "study-base-code8x-s", "study-base-code8x-m",
     ]  # fmt: skip
     assert list(quick.groups) == ["formats"] and len(quick.rl) == 4
+    # --group kl: that group and the one base it starts from
+    kl = load_study(str(STUDY), only=["kl"])
+    assert [b.name for b in kl.bases] == ["study-base-code1x-m"] and len(kl.rl) == 3
+    with pytest.raises(ConfigError, match="unknown group"):
+        load_study(str(STUDY), only=["nope"])
     # the scales span >= 10x in parameters
     from echo_megatron.config import load_config
     from echo_megatron.model.params import count_parameters

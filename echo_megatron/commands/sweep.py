@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", action="store_true", help="a study: run it on this machine (resumable)")
     parser.add_argument("--jobs", type=int, default=1, help="with --run: steps at a time (default 1)")
     parser.add_argument("--quick", action="store_true", help="a study: only its `quick` subset")
+    parser.add_argument(
+        "--group", action="append", default=None, metavar="NAME", help="a study: only this group (repeatable)"
+    )
 
 
 def _fmt(v) -> str:
@@ -54,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     args.grid = resolve_recipe(args.grid)  # recipes/demo/study.yaml works from any folder
     if is_study(args.grid):
         return run_study(args)
-    if args.run or args.quick:
-        raise ConfigError(f"{args.grid}: --run and --quick need a study file (bases + groups), not a grid")
+    if args.run or args.quick or args.group:
+        raise ConfigError(
+            f"{args.grid}: --run, --quick and --group need a study file (bases + groups), not a grid"
+        )
     grid = load_grid(args.grid)
     runs = expand(grid)
     missing = missing_bases(runs)
@@ -95,7 +100,7 @@ def run_study(args: argparse.Namespace) -> int:
     from echo_megatron.cluster.study import study_steps, write_study
     from echo_megatron.config.study import load_study
 
-    study = load_study(args.grid, quick=args.quick)
+    study = load_study(args.grid, quick=args.quick, only=args.group)
     missing = sorted({r.base for r in study.runs if r.base and not os.path.isfile(r.base)})
     if missing:
         raise ConfigError("base recipe(s) not found: " + ", ".join(os.path.relpath(m) for m in missing))
@@ -103,7 +108,8 @@ def run_study(args: argparse.Namespace) -> int:
         f"{a} {len({r.axes[a] for r in runs})}" for a in (runs[0].axes if runs else {}) if a != "base"
     )
     print(
-        f"study {study.name} ({os.path.relpath(study.path)}){' --quick' if args.quick else ''}: "
+        f"study {study.name} ({os.path.relpath(study.path)}){' --quick' if args.quick else ''}"
+        f"{''.join(f' --group {g}' for g in args.group or [])}: "
         f"{len(study.bases)} bases ({axes(study.bases)}), {len(study.rl)} RL runs; eval {', '.join(study.eval_tasks)}"
     )
     for g, names in study.groups.items():
@@ -120,7 +126,8 @@ def run_study(args: argparse.Namespace) -> int:
             )
         return 0
     out = args.out or os.path.join("sweeps", study.name)
-    recipes = write_study(study, out)
+    # every run's recipe and the whole study's manifest (the report reads it), whatever part of it runs now
+    recipes = write_study(load_study(args.grid) if (args.quick or args.group) else study, out)
     print(f"wrote {len(recipes)} recipes and study.json to {out}")
     if not args.run:
         print(f"run them with: echo-megatron sweep {args.grid} --run [--jobs N]")

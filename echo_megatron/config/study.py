@@ -92,8 +92,9 @@ def _select(bases: list[SweepRun], keep: dict[str, list[str]], where: str) -> li
     return [b for b in bases if all(b.axes[a] in labels for a, labels in keep.items())]
 
 
-def load_study(path: str, quick: bool = False) -> Study:
-    """Parse, check and expand a study file (``quick``: only what its ``quick`` section keeps)."""
+def load_study(path: str, quick: bool = False, only: list[str] | None = None) -> Study:
+    """Parse, check and expand a study file (``quick``: only what its ``quick`` section keeps; ``only``: these
+    groups and the bases they start from)."""
     raw = read_yaml_mapping(path, "study")
     unknown = set(raw) - STUDY_KEYS
     if unknown:
@@ -164,6 +165,17 @@ def load_study(path: str, quick: bool = False) -> Study:
             needs[r.name] = base.name
         groups[str(gname)] = [r.name for r in runs]
         rl += runs
+    if only:
+        unknown_groups = sorted(set(only) - set(groups))
+        if unknown_groups:
+            raise ConfigError(
+                f"{path}: --group: unknown group(s) {unknown_groups} (known: {', '.join(groups)})"
+            )
+        groups = {g: names for g, names in groups.items() if g in only}
+        keep = {n for names in groups.values() for n in names}
+        rl = [r for r in rl if r.name in keep]
+        needs = {n: b for n, b in needs.items() if n in keep}
+        bases = [b for b in bases if b.name in set(needs.values())]
     names = [r.name for r in bases + rl]
     if len(set(names)) != len(names):
         raise ConfigError(
