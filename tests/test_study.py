@@ -236,10 +236,20 @@ def test_tiny_study_runs_resumes_after_a_stop_and_reports(tmp_path):
 
 
 def test_within_format_properties():
-    from echo_megatron.report.properties import correct_arithmetic, program_lines, stated_equals_executed
+    from echo_megatron.report.properties import (
+        correct_arithmetic,
+        extra_program_lines,
+        program_lines,
+        stated_equals_executed,
+    )
 
     code = {"completion": "def simple_math_problem():\n    a = 2\n\n    result = a * 3\n    return result"}
     assert program_lines([code]) == 4
+    # "Ana has 2 pens. She buys 3 more." has two numbers: canonical = def + 2 assignments + result + return
+    verbose = (
+        "def simple_math_problem():\n    a = 2\n    b = 3\n    c = a + b\n    result = c\n    return result"
+    )
+    assert extra_program_lines([{"question": "Ana has 2 pens. She buys 3 more.", "completion": verbose}]) == 1
     ci = "<llm-code>\nprint(6)\n</llm-code>\n<llm-code-output>\n{}\n</llm-code-output>\n\\boxed{{6}}"
     rows = [{"completion": ci.format(6), "extracted": "6"}, {"completion": ci.format(7), "extracted": "6"}]
     assert stated_equals_executed(rows) == 0.5

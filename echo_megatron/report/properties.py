@@ -4,7 +4,7 @@ The paper finds that once RL has settled on one output format, qualities *inside
 TinyGSM-style programs get shorter and more uniform). Each format here has one property, a pure function of the
 samples of one step (``samples/step_NNNNNNN.jsonl`` rows: completion, format, extracted, correct):
 
-    code         lines per program (non-empty lines of the ``def simple_math_problem()`` body)
+    code         lines beyond the canonical program for the question (``extra_program_lines``)
     code_interp  stated = executed: the share of samples whose written ``<llm-code-output>`` equals what the
                  program printed when run (the answer the reward used), i.e. the model predicts its own tool
     nl           correct arithmetic: the share of ``a op b = c`` steps whose result is right
@@ -39,6 +39,19 @@ def program_lines(samples: Sequence[dict]) -> float | None:
     return _mean([sum(1 for ln in s["completion"].splitlines() if ln.strip()) for s in samples])
 
 
+def extra_program_lines(samples: Sequence[dict]) -> float | None:
+    """Mean lines per program beyond the canonical one for its question (``def``, one assignment per number in
+    the question, ``result = ...``, ``return result``): verbosity with the problem's size taken out, so that
+    steps drawing longer problems do not look like a change of style."""
+    extra = []
+    for s in samples:
+        if s.get("question") is None:
+            continue
+        canonical = len(re.findall(r"\d+", s["question"])) + 3
+        extra.append(sum(1 for ln in s["completion"].splitlines() if ln.strip()) - canonical)
+    return _mean(extra)
+
+
 def stated_equals_executed(samples: Sequence[dict]) -> float | None:
     """Share of samples with a stated output whose first line equals the executed answer (``extracted``)."""
     pairs = []
@@ -69,7 +82,7 @@ def correct_arithmetic(samples: Sequence[dict]) -> float | None:
 
 
 PROPERTIES: dict[str, Property] = {
-    CODE: Property("lines per program", program_lines),
+    CODE: Property("lines beyond the canonical program", extra_program_lines),
     CODE_INTERP: Property("stated output = executed", stated_equals_executed),
     NL: Property("correct arithmetic steps", correct_arithmetic),
 }
