@@ -53,6 +53,7 @@ def test_params_counts_the_vocabulary_the_recipe_trains(data_dir, tmp_path, monk
     from echo_megatron.cli import main
 
     monkeypatch.setenv("ECHO_TOKENIZER_DIR", str(data_dir / "tokenizers"))
+    monkeypatch.chdir(tmp_path)  # a shipped recipe by its recipes/ name, from a folder that is not the repo
     assert main(["params", "recipes/paper/150m_tg.yaml"]) == 0  # the paper's Llama-2 tokenizer, shipped
     out = capsys.readouterr().out
     assert (

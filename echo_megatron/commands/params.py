@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from echo_megatron.model.params import count_parameters, human
     from echo_megatron.model.vocab import resolve_vocab
 
-    if os.path.isfile(args.preset):
-        cfg = load_config(args.preset, args.overrides)
+    if os.path.isfile(args.preset) or args.preset.endswith((".yaml", ".yml")):
+        cfg = load_config(args.preset, args.overrides)  # a shipped recipe's recipes/... name works anywhere
     else:
         cfg = load_config(None, [f"model.preset={args.preset}", *args.overrides])
     vocab = resolve_vocab(cfg, tp=1, missing_ok=True)
