@@ -238,6 +238,19 @@ axes:
     assert tasks[3].run_dir == f"{tmp_path}/runs/lrscan/lrscan-lr0.003-wide"
 
 
+def test_shipped_recipes_submit_from_any_folder_and_an_rl_sweep_runs_rl(tmp_path):
+    """From a folder that is not the repo: a shipped recipe by its recipes/ name renders, and the paper's RL grid
+    (every run sets rl.base) becomes one array of `echo-megatron rl` without --command."""
+    out = _cli("submit", "recipes/paper/sweeps/150m_rl.yaml", "--dry-run", cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        "# stage 'rl': echo-megatron rl, 90 array tasks" in out.stdout
+        and "#SBATCH --array=0-89" in out.stdout
+    )
+    out = _cli("submit", "recipes/paper/150m_tg.yaml", "--dry-run", cwd=str(tmp_path))
+    assert out.returncode == 0 and "echo-megatron pretrain" in out.stdout, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "body, message",
     [

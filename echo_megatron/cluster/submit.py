@@ -30,6 +30,7 @@ from echo_megatron.cluster.pipeline import (
     sweep_stage,
 )
 from echo_megatron.cluster.sbatch import config_path, render
+from echo_megatron.config.loader import resolve_recipe
 from echo_megatron.config.sweep import expand as expand_grid
 from echo_megatron.config.sweep import load_grid
 from echo_megatron.rundir import RunDir
@@ -59,6 +60,7 @@ def prepare(
     ROOT is the pipeline's run_dir, a plain recipe's run_dir, or the folder common to a sweep's run dirs.
     ``defaults`` (cluster.* from the submit flags) sit below a stage's own settings, ``overrides`` above.
     """
+    recipe = resolve_recipe(recipe)  # recipes/paper/... names the shipped file from any folder
     kind = recipe_kind(recipe)
     if kind == "pipeline":
         pipeline = load_pipeline(recipe)

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--command",
         dest="run_command",
-        default="pretrain",
-        help="the command a plain recipe runs (default pretrain)",
+        default=None,
+        help="the command a plain recipe runs (default pretrain; a sweep whose runs all set rl.base: rl)",
     )
     parser.add_argument("--nodes", type=int, help="cluster.nodes")
     parser.add_argument("--gpus-per-node", type=int, help="cluster.gpus_per_node (ranks per node)")
