@@ -83,11 +83,14 @@ bases:
 )  # fmt: skip
 def test_bad_studies_fail_in_one_line_naming_the_problem(tmp_path, body, match, capsys):
     path = _study_file(tmp_path, body)
-    with pytest.raises(ConfigError, match=match):
-        load_study(path, quick=True)
+    if (
+        "eval:" not in body
+    ):  # the eval tasks are checked against the registry by the command (config/ cannot see it)
+        with pytest.raises(ConfigError, match=match):
+            load_study(path, quick=True)
     assert main(["sweep", path, "--dry-run", "--quick"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.count("\n") == 0 and "Traceback" not in err and re.search(match, err)
 
 
 def test_dry_run_lists_bases_groups_and_what_each_run_waits_for(capsys):

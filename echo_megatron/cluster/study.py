@@ -28,6 +28,15 @@ MANIFEST = "study.json"
 DATA_STEP = "data"
 
 
+def check_eval_tasks(study: Study) -> None:
+    """A ConfigError naming the first of the study's ``eval`` tasks that the eval registry does not know."""
+    from echo_megatron.eval.tasks import TASKS
+
+    unknown = [t for t in study.eval_tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"{study.path}: eval: unknown eval task '{unknown[0]}' (known: {', '.join(TASKS)})")
+
+
 def write_study(study: Study, out: str) -> dict[str, str]:
     """Write ``OUT/<run>.yaml`` for every run (each loaded back, so a bad one fails here) and ``OUT/study.json``
     (every run's kind, group, axes, base run, run dir and recipe); returns run name -> recipe path."""

@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from echo_megatron.config.study import is_study
     from echo_megatron.config.sweep import expand, load_grid, missing_bases, write_recipes
 
-    args.grid = resolve_recipe(args.grid)  # recipes/demo/study.yaml works from any folder
+    try:
+        args.grid = resolve_recipe(args.grid)  # recipes/demo/study.yaml works from any folder
+    except ConfigError:
+        raise ConfigError(f"grid file not found: {args.grid}") from None
     if is_study(args.grid):
         return run_study(args)
     if args.run or args.quick or args.group:
@@ -97,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_study(args: argparse.Namespace) -> int:
     from echo_megatron.cluster.local import LocalExecutor
-    from echo_megatron.cluster.study import study_steps, write_study
+    from echo_megatron.cluster.study import check_eval_tasks, study_steps, write_study
     from echo_megatron.config.study import load_study
 
     study = load_study(args.grid, quick=args.quick, only=args.group)
+    check_eval_tasks(study)
     missing = sorted({r.base for r in study.runs if r.base and not os.path.isfile(r.base)})
     if missing:
         raise ConfigError("base recipe(s) not found: " + ", ".join(os.path.relpath(m) for m in missing))
