@@ -320,6 +320,8 @@ def algorithms_figure(groups: dict[str, list[StudyRun]], fmt: str | None) -> Fig
         for algo, members in _by([r for r in runs if r.run and r.run.rl], "algorithm").items():
             col = ALGO_COLORS[algos.index(algo) % len(ALGO_COLORS)]
             label = algo if g == 0 else f"{algo}, {gname}"
+            if any((m.run.config.get("rl") or {}).get("algorithm") == "ei" for m in members):
+                label += " (x: EI round)"  # EI logs one row per round of sample -> filter -> SFT
             _band(ax_acc, members, "accuracy", col, label, "-" if g == 0 else "--")
             if fmt:
                 _band(ax_share, members, f"share/{fmt}", col, label, "-" if g == 0 else "--")
