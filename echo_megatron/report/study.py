@@ -403,6 +403,28 @@ def verdict_transfer(study: Study, runs: list[StudyRun]) -> str:
     return ("; ".join(parts) + ".") if parts else "no evaluated RL run yet."
 
 
+def verdict_algorithms(groups: dict[str, list[StudyRun]], fmt: str | None, task: str) -> str:
+    """Per algorithm of the first group: the dominant format's final share and the held-out pass@1, mean +- sd
+    over seeds, and the step-wise spread of sample accuracy across seeds (mean over steps of the sd)."""
+    if not groups or not fmt:
+        return "no RL run of these groups has finished yet."
+    first = next(iter(groups.values()))
+    parts = []
+    for algo, members in _by([r for r in first if r.run and r.run.rl], "algorithm").items():
+        shares = [r.run.rl[-1].get(f"share/{fmt}", math.nan) for r in members]
+        per_step: dict[int, list[float]] = {}
+        for r in members:
+            for st, v in zip(*series(r.run.rl, "accuracy")):
+                per_step.setdefault(st, []).append(v)
+        spread = [statistics.stdev(v) for v in per_step.values() if len(v) > 1]
+        parts.append(
+            f"{algo}: {fmt} {_pm(shares)} at the end, {task} pass@1 "
+            f"{_pm([eval_metric(r.run, task, 'pass@1') for r in members])}"
+            + (f", seed spread of accuracy {100 * statistics.fmean(spread):.1f} points" if spread else "")
+        )
+    return "; ".join(parts) + "." if parts else "no RL run of these groups has finished yet."
+
+
 # ---- the page -----------------------------------------------------------------------------------------------
 
 
@@ -481,6 +503,7 @@ def write_study_report(study_dir: str, out_dir: str) -> Report:
         emit(transfer_figure(study, fruns), "study_transfer", "pass@1 before and after RL"),
         emit(refinement_figure(study, fruns), "study_refinement", "the winning format's property over steps"),
         "<h2>4. Algorithms differ; KL slows the collapse</h2>",
+        f"<p class='headline'>{html.escape(verdict_algorithms(algo_groups, dominant, task))}</p>",
         emit(algorithms_figure(algo_groups, dominant), "study_algorithms", "per-algorithm curves over seeds"),
         _table(algo_rows),
     ]
