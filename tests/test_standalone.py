@@ -1,4 +1,4 @@
-"""The repo stands alone: nothing reads a ``../shared`` folder, and the package works wherever it is installed,
+"""The repo stands alone: nothing reads a data folder beside the clone, and the package works wherever it is installed,
 including an editable install whose source tree sits under /tmp, which the sandbox hides from programs.
 """
 

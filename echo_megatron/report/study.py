@@ -288,13 +288,24 @@ def _by(runs: list[StudyRun], axis: str) -> dict[str, list[StudyRun]]:
     return out
 
 
-def _band(ax, runs: list[StudyRun], key: str, col: str, label: str, ls: str = "-") -> None:
-    """Mean over runs (seeds) of ``key`` per step with a band of +- one standard deviation."""
+def _per_step(runs: list[StudyRun], key: str) -> dict[int, list[float]]:
+    """RL step -> the values of ``key`` logged at that step by each run (seed) that has one."""
     per_step: dict[int, list[float]] = {}
     for r in runs:
         for s, v in zip(*series(r.run.rl, key)):
             if not math.isnan(v):
                 per_step.setdefault(s, []).append(v)
+    return per_step
+
+
+def _final(runs: list[StudyRun], key: str) -> list[float]:
+    """``key`` at the last RL step of each run that has RL rows."""
+    return [r.run.rl[-1].get(key, math.nan) for r in runs if r.run.rl]
+
+
+def _band(ax, runs: list[StudyRun], key: str, col: str, label: str, ls: str = "-") -> None:
+    """Mean over runs (seeds) of ``key`` per step with a band of +- one standard deviation."""
+    per_step = _per_step(runs, key)
     if not per_step:
         return
     steps = sorted(per_step)
@@ -411,14 +422,9 @@ def verdict_algorithms(groups: dict[str, list[StudyRun]], fmt: str | None, task:
     first = next(iter(groups.values()))
     parts = []
     for algo, members in _by([r for r in first if r.run and r.run.rl], "algorithm").items():
-        shares = [r.run.rl[-1].get(f"share/{fmt}", math.nan) for r in members]
-        per_step: dict[int, list[float]] = {}
-        for r in members:
-            for st, v in zip(*series(r.run.rl, "accuracy")):
-                per_step.setdefault(st, []).append(v)
-        spread = [statistics.stdev(v) for v in per_step.values() if len(v) > 1]
+        spread = [statistics.stdev(v) for v in _per_step(members, "accuracy").values() if len(v) > 1]
         parts.append(
-            f"{algo}: {fmt} {_pm(shares)} at the end, {task} pass@1 "
+            f"{algo}: {fmt} {_pm(_final(members, f'share/{fmt}'))} at the end, {task} pass@1 "
             f"{_pm([eval_metric(r.run, task, 'pass@1') for r in members])}"
             + (f", seed spread of accuracy {100 * statistics.fmean(spread):.1f} points" if spread else "")
         )
@@ -472,10 +478,8 @@ def write_study_report(study_dir: str, out_dir: str) -> Report:
     algo_rows = []
     for gname, runs in algo_groups.items():
         for algo, members in _by([r for r in runs if r.run], "algorithm").items():
-            finals = [r.run.rl[-1].get("accuracy", math.nan) for r in members if r.run.rl]
-            shares = [
-                r.run.rl[-1].get(f"share/{dominant}", math.nan) for r in members if r.run.rl and dominant
-            ]
+            finals = _final(members, "accuracy")
+            shares = _final(members, f"share/{dominant}") if dominant else []
             algo_rows.append(
                 {
                     "group": gname,
