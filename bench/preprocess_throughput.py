@@ -3,18 +3,21 @@ processes over one, and peak memory against corpus size.
 
 The corpus is generated (JSON Lines of question/solution documents in ``--file-mb`` files, one shard each), so
 nothing outside the repo is read. Each run is ``echo_megatron.data.preprocess.preprocess`` in a fresh process
-(imports done before the clock starts); the bench samples the memory of that process and its workers every
-0.2 s as the sum of their PSS (proportional set size: pages the forked workers share with the main process are
-counted once, so the sum is what the node holds). Runs:
+(its imports, megatron's and datasets', done before the clock starts). Runs:
 
-    1 worker  on the first --small-gb              tokens/s per core
-    N workers on the first --small-gb              ratio N workers / 1 worker (target >= 1.8x with 2 on 2 cores)
-    N workers on the whole corpus (--size-gb)      peak memory flat in corpus size (within 1.25x of the small run)
+    1 worker and N workers on the first --small-gb,    the speed-up: median of --repeats interleaved pairs
+    in alternating order (1,N  N,1  1,N ...)           (target >= 1.8x with 2 workers on 2 cores)
+    N workers on the first --small-gb and on the       peak memory flat in corpus size (within 1.25x): the sum of
+    whole corpus (--size-gb), watched                  the PSS (pages the forked workers share with the main
+                                                       process count once) of the process tree every 0.5 s
 
-and checks that the 1- and N-worker shards are byte-identical. The tokenizer is OLMo-1's (the paper's, found by
-``load_tokenizer`` as for the recipes) or, when it is not available, a 32k byte-level BPE trained here.
+and checks that the 1- and N-worker shards are byte-identical. A pair's ratio is about the product of two
+measured factors, both printed: how many cores the N workers keep busy (the software: its serial setup, the last
+shard's tail) and their tokens per CPU-second against one process alone (the machine: a VM's cores can be slower
+together than alone). The tokenizer is the paper recipes' (Llama-2's, shipped in the package; ``--tokenizer``
+takes any other).
 
-    python bench/preprocess_throughput.py              # 1 GB in 16 x 64 MB files (~12 min on 2 idle cores)
+    python bench/preprocess_throughput.py              # 1 GB in 16 x 64 MB files (~13 min on 2 idle cores)
     python bench/preprocess_throughput.py --quick      # 16 MB in 4 x 4 MB files (~1 min)
 """
 
@@ -25,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-OLMO = "allenai/gpt-neox-olmo-dolma-v1_5"
 WORDS = (
     "the of and a to in is that for it as with was on be by this are from at or an which we have one all if "
     "let find number value total each more less than twice half sum product difference equal equals solve "
@@ -97,18 +100,11 @@ def make_corpus(root: Path, size_gb: float, file_mb: int, seed: int = 0) -> list
     return files
 
 
-def tokenizer_path(work: Path) -> str:
-    """OLMo's tokenizer if ``load_tokenizer`` finds it (ECHO_TOKENIZER_DIR, the hub), else a 32k BPE trained here."""
-    from echo_megatron.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+def paper_tokenizer() -> str:
+    """The tokenizer of the paper recipes (``data.tokenizer.path`` of recipes/paper/_pretrain_base.yaml)."""
+    from omegaconf import OmegaConf
 
-    try:
-        return load_tokenizer(argparse.Namespace(path=OLMO, eod=None, pad=None)).path
-    except Exception:
-        path = work / "bpe32k.json"
-        if not path.exists():
-            texts = (json.loads(line)["solution"] for line in documents(np.random.default_rng(1), 20_000))
-            save_tokenizer(train_tokenizer(texts, "bpe", 32_000), str(path))
-        return str(path)
+    return str(OmegaConf.load(REPO / "recipes" / "paper" / "_pretrain_base.yaml").data.tokenizer.path)
 
 
 # -- one measured run, in a fresh process ----------------------------------------------------------------------
@@ -118,7 +114,8 @@ def child(args: argparse.Namespace) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")  # megatron's CPU import notices
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401  (import not timed)
+    import datasets  # noqa: F401  (imports not timed: the two runs of a pair pay them alike)
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401
 
     from echo_megatron.config import load_config
     from echo_megatron.data.preprocess import preprocess
@@ -145,20 +142,25 @@ def _cpu(resource) -> float:
 
 
 def pss_bytes(proc) -> int:
-    """Proportional set size of a psutil process: /proc/PID/smaps_rollup (one summed record) where the kernel has
-    it, else psutil's full smaps walk, which costs this monitor enough CPU to slow the workers it is watching."""
+    """Proportional set size of a psutil process (0 once it has ended): /proc/PID/smaps_rollup (one summed
+    record) where the kernel has it, else psutil's full smaps walk, which costs this monitor enough CPU to slow
+    the workers it is watching."""
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        return proc.memory_full_info().pss
     try:
         with open(f"/proc/{proc.pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
                     return int(line.split()[1]) * 1024
-    except FileNotFoundError:
+    except OSError:  # the process ended between the listing and the read
         pass
-    return proc.memory_full_info().pss
+    return 0
 
 
-def measure(files: list[Path], workers: int, tokenizer: str, out: Path) -> dict:
-    """Run the child; its figures plus the peak memory (sum of PSS) of its process tree (MB)."""
+def measure(files: list[Path], workers: int, tokenizer: str, out: Path, memory: bool = False) -> dict:
+    """Run the child; its figures, plus with ``memory`` the peak (sum of PSS, MB) of its process tree. Timed runs
+    go unwatched: reading a 600 MB process's smaps_rollup takes ~15 ms of CPU, ~8% of a core at 3 processes every
+    0.5 s, which a 1-worker run gets from the idle core and an N-worker run takes from its workers."""
     import psutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -166,14 +168,14 @@ def measure(files: list[Path], workers: int, tokenizer: str, out: Path) -> dict:
            "--out", str(out), "--files", *map(str, files)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
+    while memory and proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(pss_bytes(p) for p in tree if p.is_running()))
         except psutil.Error:
             pass
         time.sleep(0.5)
-    text = proc.stdout.read()
+    text, _ = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"run failed ({proc.returncode}): {' '.join(cmd)}")
     result = json.loads(text.strip().splitlines()[-1])
@@ -184,18 +186,27 @@ def measure(files: list[Path], workers: int, tokenizer: str, out: Path) -> dict:
     return result
 
 
+def spread(values: list[float]) -> str:
+    """``median (min-max)`` of a few ratios."""
+    med = statistics.median(values)
+    return f"{med:.2f}x" if len(values) == 1 else f"{med:.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size-gb", type=float, default=1.0, help="the whole corpus")
-    ap.add_argument("--small-gb", type=float, default=0.25, help="the smaller corpus of the RSS comparison")
-    ap.add_argument("--file-mb", type=int, default=64, help="size of one input file (= one shard)")
     ap.add_argument(
-        "--quick", action="store_true", help="--size-gb 0.015625 --small-gb 0.0078125 --file-mb 4"
+        "--small-gb", type=float, default=0.25, help="the corpus of the speed-up and of the RSS comparison"
+    )
+    ap.add_argument("--file-mb", type=int, default=64, help="size of one input file (= one shard)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved (1 worker, N workers) pairs")
+    ap.add_argument(
+        "--quick", action="store_true", help="--size-gb 0.015625 --small-gb 0.0078125 --file-mb 4 --repeats 1"
     )
     ap.add_argument("--work", type=Path, help="where the corpus is generated and kept (default: a temp dir)")
     ap.add_argument(
-        "--tokenizer", help="a tokenizers JSON file (default: OLMo-1's, else a 32k BPE trained here)"
+        "--tokenizer", help="a tokenizer path or hub name (default: the paper recipes', Llama-2's)"
     )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs="*", help=argparse.SUPPRESS)
@@ -204,44 +215,66 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.quick:
-        args.size_gb, args.small_gb, args.file_mb = 0.015625, 0.0078125, 4
+        args.size_gb, args.small_gb, args.file_mb, args.repeats = 0.015625, 0.0078125, 4, 1
+    N = args.workers
     work = args.work or Path(tempfile.mkdtemp(prefix="echo_bench_"))
     try:
         t0 = time.perf_counter()
         files = make_corpus(work / "corpus", args.size_gb, args.file_mb)
         small = files[: max(1, round(args.small_gb * 1024 / args.file_mb))]
-        tok = args.tokenizer or tokenizer_path(work)
+        tok = args.tokenizer or paper_tokenizer()
         gb = lambda fs: sum(f.stat().st_size for f in fs) / 2**30  # noqa: E731
         print(f"corpus: {gb(files):.2f} GB in {len(files)} files of {args.file_mb} MB (one shard each), "
-              f"generated in {time.perf_counter() - t0:.0f}s; tokenizer {Path(tok).name}; cpus {os.cpu_count()}")  # fmt: skip
+              f"generated in {time.perf_counter() - t0:.0f}s; tokenizer {tok}; cpus {os.cpu_count()}")  # fmt: skip
         load0 = os.getloadavg()
-        one = measure(small, 1, tok, work / "out1")
-        many = measure(small, args.workers, tok, work / "outN")
-        full = measure(files, args.workers, tok, work / "outF")
+        ones, manys, ratios, busy, together = [], [], [], [], []
+        for r in range(args.repeats):
+            order = (1, N) if r % 2 == 0 else (N, 1)
+            runs = {w: measure(small, w, tok, work / f"out{w}") for w in order}
+            one, many = runs[1], runs[N]
+            ones.append(one)
+            manys.append(many)
+            ratios.append((many["tokens"] / many["wall"]) / (one["tokens"] / one["wall"]))
+            busy.append(many["cpu"] / many["wall"])
+            together.append((many["tokens"] / many["cpu"]) / (one["tokens"] / one["cpu"]))
+            print(
+                f"pair {r + 1} ({order[0]} then {order[1]}): 1 worker {one['tokens'] / one['wall']:,.0f} tokens/s "
+                f"({one['wall']:.1f}s), {N} workers {many['tokens'] / many['wall']:,.0f} tokens/s ({many['wall']:.1f}s, "
+                f"{many['cpu'] / many['wall']:.2f} cores busy): {ratios[-1]:.2f}x; tokens per CPU-second "
+                f"{one['tokens'] / one['cpu']:,.0f} alone, {many['tokens'] / many['cpu']:,.0f} with {N}; identical shards: "
+                f"{one['digest'] == many['digest']}",
+                flush=True,
+            )
+        small_mem = measure(small, N, tok, work / "outM", memory=True)
+        full = measure(files, N, tok, work / "outF", memory=True)
         load1 = os.getloadavg()
         print(
             f"load average (1/5/15 min) before: {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
             f"after: {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} (other processes share the cores)"
         )
-        rate1, rateN = one["tokens"] / one["wall"], many["tokens"] / many["wall"]
+        one = ones[0]
+        cpu_rates = [o["tokens"] / o["cpu"] for o in ones]
         print(
-            f"single process: {rate1:,.0f} tokens/s ({one['tokens']:,} tokens, {one['docs']:,} docs in "
-            f"{one['shards']} shards, {one['wall']:.1f}s, {one['cpu'] / one['wall']:.2f} cores busy); "
-            f"{one['tokens'] / one['cpu']:,.0f} tokens per CPU-second"
+            f"single process: {statistics.median(o['tokens'] / o['wall'] for o in ones):,.0f} tokens/s (median; "
+            f"{one['tokens']:,} tokens, {one['docs']:,} docs in {one['shards']} shards, {one['wall']:.1f}s); "
+            f"{statistics.median(cpu_rates):,.0f} tokens per CPU-second"
+        )
+        same = all(o["digest"] == m["digest"] for o, m in zip(ones, manys))
+        print(
+            f"{N} workers: {statistics.median(m['tokens'] / m['wall'] for m in manys):,.0f} tokens/s (median), "
+            f"identical shards in every pair: {same}; whole corpus {full['tokens'] / full['wall']:,.0f} tokens/s "
+            f"({full['tokens']:,} tokens in {full['shards']} shards, {full['wall']:.1f}s)"
+        )
+        small_peak = small_mem["peak_mb"]
+        print(
+            f"peak memory (PSS of main + {N} workers): {gb(small):.2f} GB corpus {small_peak:,.0f} MB, "
+            f"{gb(files):.2f} GB corpus {full['peak_mb']:,.0f} MB (x{full['peak_mb'] / small_peak:.2f}; "
+            f"flat = within 1.25x)"
         )
         print(
-            f"{args.workers} workers: {rateN:,.0f} tokens/s ({many['wall']:.1f}s, {many['cpu'] / many['wall']:.2f} "
-            f"cores busy), identical shards: {one['digest'] == many['digest']}; whole corpus "
-            f"{full['tokens'] / full['wall']:,.0f} tokens/s ({full['tokens']:,} tokens in {full['shards']} shards, "
-            f"{full['wall']:.1f}s)"
-        )
-        print(
-            f"peak memory (PSS of main + {args.workers} workers): {gb(small):.2f} GB corpus {many['peak_mb']:,.0f} MB, "
-            f"{gb(files):.2f} GB corpus {full['peak_mb']:,.0f} MB (x{full['peak_mb'] / many['peak_mb']:.2f}; "
-            f"flat = within 1.25x); 1 worker {one['peak_mb']:,.0f} MB"
-        )
-        print(
-            f"ratio {args.workers} workers/single: {rateN / rate1:.2f}x (target >= 1.8x with 2 workers on 2 cores)"
+            f"ratio {N} workers/single: {spread(ratios)} over {len(ratios)} pairs (target >= 1.8x with 2 workers "
+            f"on 2 cores) ~ cores busy with {N} workers {statistics.median(busy):.2f} (median) x their tokens per "
+            f"CPU-second against 1 alone {statistics.median(together):.2f} (median)"
         )
     finally:
         if args.work is None:
