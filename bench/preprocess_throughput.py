@@ -252,12 +252,11 @@ def main() -> None:
             f"load average (1/5/15 min) before: {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
             f"after: {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} (other processes share the cores)"
         )
-        one = ones[0]
-        cpu_rates = [o["tokens"] / o["cpu"] for o in ones]
+        one, median = ones[0], lambda key: statistics.median(key(o) for o in ones)  # noqa: E731
         print(
-            f"single process: {statistics.median(o['tokens'] / o['wall'] for o in ones):,.0f} tokens/s (median; "
-            f"{one['tokens']:,} tokens, {one['docs']:,} docs in {one['shards']} shards, {one['wall']:.1f}s); "
-            f"{statistics.median(cpu_rates):,.0f} tokens per CPU-second"
+            f"single process: {median(lambda o: o['tokens'] / o['wall']):,.0f} tokens/s (median; {one['tokens']:,} "
+            f"tokens, {one['docs']:,} docs in {one['shards']} shards, {median(lambda o: o['wall']):.1f}s); "
+            f"{median(lambda o: o['tokens'] / o['cpu']):,.0f} tokens per CPU-second"
         )
         same = all(o["digest"] == m["digest"] for o, m in zip(ones, manys))
         print(
