@@ -186,6 +186,16 @@ def measure(files: list[Path], workers: int, tokenizer: str, out: Path, memory: 
     return result
 
 
+def rate(run: dict) -> float:
+    """Tokens per second of wall clock."""
+    return run["tokens"] / run["wall"]
+
+
+def per_cpu(run: dict) -> float:
+    """Tokens per CPU-second (the process and its workers)."""
+    return run["tokens"] / run["cpu"]
+
+
 def spread(values: list[float]) -> str:
     """``median (min-max)`` of a few ratios."""
     med = statistics.median(values)
@@ -234,15 +244,14 @@ def main() -> None:
             one, many = runs[1], runs[N]
             ones.append(one)
             manys.append(many)
-            ratios.append((many["tokens"] / many["wall"]) / (one["tokens"] / one["wall"]))
+            ratios.append(rate(many) / rate(one))
             busy.append(many["cpu"] / many["wall"])
-            together.append((many["tokens"] / many["cpu"]) / (one["tokens"] / one["cpu"]))
+            together.append(per_cpu(many) / per_cpu(one))
             print(
-                f"pair {r + 1} ({order[0]} then {order[1]}): 1 worker {one['tokens'] / one['wall']:,.0f} tokens/s "
-                f"({one['wall']:.1f}s), {N} workers {many['tokens'] / many['wall']:,.0f} tokens/s ({many['wall']:.1f}s, "
-                f"{many['cpu'] / many['wall']:.2f} cores busy): {ratios[-1]:.2f}x; tokens per CPU-second "
-                f"{one['tokens'] / one['cpu']:,.0f} alone, {many['tokens'] / many['cpu']:,.0f} with {N}; identical shards: "
-                f"{one['digest'] == many['digest']}",
+                f"pair {r + 1} ({order[0]} then {order[1]}): 1 worker {rate(one):,.0f} tokens/s ({one['wall']:.1f}s), "
+                f"{N} workers {rate(many):,.0f} tokens/s ({many['wall']:.1f}s, {busy[-1]:.2f} cores busy): "
+                f"{ratios[-1]:.2f}x; tokens per CPU-second {per_cpu(one):,.0f} alone, {per_cpu(many):,.0f} with {N}; "
+                f"identical shards: {one['digest'] == many['digest']}",
                 flush=True,
             )
         small_mem = measure(small, N, tok, work / "outM", memory=True)
@@ -252,16 +261,16 @@ def main() -> None:
             f"load average (1/5/15 min) before: {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
             f"after: {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} (other processes share the cores)"
         )
-        one, median = ones[0], lambda key: statistics.median(key(o) for o in ones)  # noqa: E731
+        one, median = ones[0], statistics.median
         print(
-            f"single process: {median(lambda o: o['tokens'] / o['wall']):,.0f} tokens/s (median; {one['tokens']:,} "
-            f"tokens, {one['docs']:,} docs in {one['shards']} shards, {median(lambda o: o['wall']):.1f}s); "
-            f"{median(lambda o: o['tokens'] / o['cpu']):,.0f} tokens per CPU-second"
+            f"single process: {median(map(rate, ones)):,.0f} tokens/s (median; {one['tokens']:,} tokens, "
+            f"{one['docs']:,} docs in {one['shards']} shards, {median(o['wall'] for o in ones):.1f}s); "
+            f"{median(map(per_cpu, ones)):,.0f} tokens per CPU-second"
         )
         same = all(o["digest"] == m["digest"] for o, m in zip(ones, manys))
         print(
-            f"{N} workers: {statistics.median(m['tokens'] / m['wall'] for m in manys):,.0f} tokens/s (median), "
-            f"identical shards in every pair: {same}; whole corpus {full['tokens'] / full['wall']:,.0f} tokens/s "
+            f"{N} workers: {median(map(rate, manys)):,.0f} tokens/s (median), "
+            f"identical shards in every pair: {same}; whole corpus {rate(full):,.0f} tokens/s "
             f"({full['tokens']:,} tokens in {full['shards']} shards, {full['wall']:.1f}s)"
         )
         small_peak = small_mem["peak_mb"]
@@ -272,8 +281,8 @@ def main() -> None:
         )
         print(
             f"ratio {N} workers/single: {spread(ratios)} over {len(ratios)} pairs (target >= 1.8x with 2 workers "
-            f"on 2 cores) ~ cores busy with {N} workers {statistics.median(busy):.2f} (median) x their tokens per "
-            f"CPU-second against 1 alone {statistics.median(together):.2f} (median)"
+            f"on 2 cores) ~ cores busy with {N} workers {median(busy):.2f} (median) x their tokens per "
+            f"CPU-second against 1 alone {median(together):.2f} (median)"
         )
     finally:
         if args.work is None:
