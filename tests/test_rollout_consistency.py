@@ -244,3 +244,37 @@ def test_rows_reaching_the_last_position_at_different_steps(model):
     want = [generate_no_cache(model, [p], max_new_tokens=96 - len(p), temperature=0.0)[0] for p in PROMPTS]
     got = got[: len(PROMPTS)]
     assert [r.response_ids for r in got] == want
+
+
+def test_one_forward_serves_two_caches_of_different_lengths(model):
+    """RoPE's tables belong to each cache: a long cache keeps decoding past the length of a shorter cache made
+    after it by the same forward object, with the logits of a forward object that only ever saw the long one."""
+    from echo_megatron.rollout.kv_cache import CachedForward
+
+    prompt = torch.tensor([PROMPTS[2]])  # 10 tokens
+    n = prompt.shape[1]
+
+    def decode(fwd, cache, logits: list[torch.Tensor], upto: int) -> list[torch.Tensor]:
+        """Greedy steps until position ``upto`` (the prompt first when ``logits`` is empty)."""
+        if not logits:
+            logits = [fwd(cache, prompt, torch.arange(n)[None])]
+        for pos in range(n + len(logits) - 1, upto):
+            logits.append(fwd(cache, logits[-1].argmax(-1, keepdim=True), torch.tensor([[pos]])))
+        return logits
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = CachedForward(model)
+            want = decode(alone, alone.new_cache(1, 40), [], 35)
+            shared = CachedForward(model)
+            long = shared.new_cache(1, 40)
+            got = decode(shared, long, [], n + 1)
+            short = shared.new_cache(1, n + 2)  # made after the long one, by the same forward
+            assert torch.equal(decode(shared, short, [], n + 2)[0], got[0])
+            got = decode(shared, long, got, 35)  # on, past the short cache's 12 slots
+    finally:
+        model.train(was_training)
+    assert len(got) == len(want) == 26
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -26,6 +26,8 @@ class KVCache:
     """Keys (after RoPE) and values per layer, ``[batch, groups, max_len, head_dim]``, plus key validity.
 
     ``length`` slots are filled (the same for every row). ``valid[b, j]`` is False for left-padding slots.
+    ``cos`` / ``sin``: RoPE's tables for positions ``0 .. max_len-1`` (``[max_len, rot_dim]``; None without RoPE),
+    made with the cache so that they always cover its slots.
     """
 
     def __init__(
@@ -45,6 +47,8 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
         self.padded = False  # any invalid slot at all: decoding can skip the mask when False
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -109,17 +113,16 @@ class CachedForward:
         self.head_dim = attn.hidden_size_per_attention_head
         self.scale = c.softmax_scale if c.softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.num_layers = len(model.decoder.layers)
-        self._cos: torch.Tensor | None = None  # RoPE's cos / sin per position, [max_len, rot_dim]
-        self._sin: torch.Tensor | None = None
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = next(self.model.parameters())
+        cache = KVCache(self.num_layers, batch, self.groups, max_len, self.head_dim, p.dtype, p.device)
         if self.model.position_embedding_type == "rope":
             # get_emb: not the lru-cached forward, so no tensor made here outlives generation in the model.
             # cos and sin once per cache, in the weights' dtype, as megatron's unfused RoPE computes them
             emb = self.model.rotary_pos_emb.get_emb(max_len)[:, 0, 0, :].to(p.device)
-            self._cos, self._sin = emb.cos().to(p.dtype), emb.sin().to(p.dtype)
-        return KVCache(self.num_layers, batch, self.groups, max_len, self.head_dim, p.dtype, p.device)
+            cache.cos, cache.sin = emb.cos().to(p.dtype), emb.sin().to(p.dtype)
+        return cache
 
     def __call__(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` [B, s] (positions [B, s]) at slot ``cache.length``; last-token logits [B, V].
@@ -137,9 +140,10 @@ class CachedForward:
         cache.padded = cache.padded or not bool(is_real.all())
         positions = positions.clamp(min=0)
         mask, causal = self._mask(cache, t0, t1)
-        if self._cos is not None:
-            cos = self._cos[positions.t()].unsqueeze(2)  # [s, b, 1, rot_dim]
-            sin = self._sin[positions.t()].unsqueeze(2)
+        rope = cache.cos is not None
+        if rope:
+            cos = cache.cos[positions.t()].unsqueeze(2)  # [s, b, 1, rot_dim]
+            sin = cache.sin[positions.t()].unsqueeze(2)
 
         x = m.embedding(input_ids=tokens, position_ids=positions)  # [s, b, h]
         for i, layer in enumerate(m.decoder.layers):
@@ -147,7 +151,7 @@ class CachedForward:
             residual = x
             h = layer.input_layernorm(x)
             q, k, v = attn.get_query_key_value_tensors(h, None)  # [s, b, heads|groups, d]
-            if self._cos is not None:
+            if rope:
                 q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             cache.k[i][:, :, t0:t1] = k.permute(1, 2, 0, 3)
             cache.v[i][:, :, t0:t1] = v.permute(1, 2, 0, 3)
